@@ -1,0 +1,1 @@
+"""Lightning callbacks: throughput/memory logging, Performer feature redraws, run summary."""

@@ -1,0 +1,1 @@
+"""Data: FASTA access, tokenisation, window datasets and Lightning data modules."""

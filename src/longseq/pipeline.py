@@ -1,0 +1,117 @@
+"""Build data, model, task and trainer from a composed Hydra config; fit; test; summarise.
+
+Kept out of ``train.py`` so tests can run the whole pipeline in-process on a composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from longseq.callbacks.speed_monitor import SpeedMonitor, attention_backends
+from longseq.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def user_error_in(exc: BaseException) -> str | None:
+    """The message of a :class:`UserError` (or config mistake) anywhere in ``exc``'s cause chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return str(exc)
+        if isinstance(exc, OmegaConfBaseException):
+            return str(exc).splitlines()[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a group like ``callbacks`` or ``logger``."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; returns (and writes) the run summary."""
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist (resume from <run>/checkpoints/last.ckpt)")
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model: torch.nn.Module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    task: pl.LightningModule = hydra.utils.instantiate(cfg.task, model=model, _convert_="all")
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log.info("model: %.2fM parameters", sum(p.numel() for p in task.parameters()) / 1e6)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    eval_ckpt = best or None
+    val = trainer.validate(task, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0]
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0] if cfg.get("test") else {}
+
+    speed = next((c for c in callbacks if isinstance(c, SpeedMonitor)), None)
+    perf = speed.summary(task.device) if speed else {}
+    summary = {
+        "steps": int(trainer.global_step),
+        "tokens_per_s": perf.get("tokens_per_s"),
+        "step_time_s": perf.get("step_time_s"),
+        "peak_mem_mib": perf.get("peak_mem_mib"),
+        "val_loss": _metric(val, "val/loss"),
+        "val_bpb": _metric(val, "val/bpb"),
+        "val_unigram_bpb": _metric(val, "val/unigram_bpb"),
+        "val_acc": _metric(val, "val/acc"),
+        "test_bpb": _metric(test, "test/bpb"),
+        "test_unigram_bpb": _metric(test, "test/unigram_bpb"),
+        "attention": cfg.model.attention._target_.rsplit(".", 1)[-1],
+        "attention_backend": attention_backends(task),
+        "seq_len": int(cfg.data.seq_len),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu",
+        "best_checkpoint": best,
+        "last_checkpoint": str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
+        "output_dir": str(output_dir),
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print the run summary as aligned ``key: value`` lines."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:,.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    bpb, uni = summary.get("val_bpb"), summary.get("val_unigram_bpb")
+    lines = ["", "=== longseq run summary ==="]
+    lines += [f"{k:>18}: {fmt(v)}" for k, v in summary.items()]
+    if bpb is not None and uni is not None:
+        verdict = "beats" if bpb < uni else "does NOT beat"
+        lines.append(f"{'':>18}  model {bpb:.4f} bits/base {verdict} the unigram baseline {uni:.4f}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,1 @@
+"""LightningModules: one task per file (masked-LM, ...), sharing the optimiser set-up."""

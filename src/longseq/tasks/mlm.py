@@ -1,0 +1,144 @@
+"""Masked-language-model pretraining of a DNA encoder (BERT-style masking).
+
+Scores only real A/C/G/T positions (N and padding are never targets), over the four bases, so the
+loss divided by ln 2 is an honest **bits per base**. The unigram baseline, -log2 of the training
+split's base frequency, is measured on exactly the same masked validation positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from longseq.data.tokenizer import MASK, NUM_BASES
+from longseq.tasks.optim import adamw, warmup_cosine
+
+IGNORE = -100
+
+
+def mask_tokens(
+    tokens: torch.Tensor,
+    padding_mask: torch.Tensor,
+    mask_prob: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of real bases: of the chosen ``mask_prob`` share, 80% MASK, 10% random base, 10% kept.
+
+    Returns ``(inputs, labels)``; labels are the original base at chosen positions and ``IGNORE``
+    elsewhere. Random numbers come from ``generator`` (on CPU) so validation masks are reproducible.
+    """
+    shape = tokens.shape
+    u = torch.rand(shape, generator=generator).to(tokens.device)
+    action = torch.rand(shape, generator=generator).to(tokens.device)
+    random_base = torch.randint(0, NUM_BASES, shape, generator=generator).to(tokens.device)
+    scorable = padding_mask & (tokens < NUM_BASES)
+    chosen = scorable & (u < mask_prob)
+    labels = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE))
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(tokens, MASK), tokens)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_base, inputs)
+    return inputs, labels
+
+
+class MaskedLMTask(pl.LightningModule):
+    """Masked-LM on DNA tokens with a 4-way (A/C/G/T) prediction head."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_prob: float = 0.15,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        total_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        eval_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        d = model.d_model
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, NUM_BASES))
+        # Unigram log2-probabilities, set from the training split when fitting starts.
+        self.register_buffer("unigram_log2p", torch.full((NUM_BASES,), -2.0), persistent=True)
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{name}": metric
+                for split in ("val", "test")
+                for name, metric in (
+                    ("loss", MeanMetric()),
+                    ("unigram_bpb", MeanMetric()),
+                    ("acc", MulticlassAccuracy(NUM_BASES, average="micro", ignore_index=IGNORE)),
+                )
+            }
+        )
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "base_frequencies"):
+            freqs = torch.as_tensor(dm.base_frequencies(), dtype=torch.float32)
+            self.unigram_log2p.copy_(freqs.log2())
+
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over A/C/G/T, ``(batch, seq, 4)``."""
+        return self.head(self.model(tokens, padding_mask))
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str, batch_idx: int) -> torch.Tensor:
+        tokens, padding_mask = batch["tokens"], batch["padding_mask"]
+        generator = None
+        if split != "train":  # the same masks at every evaluation: comparable numbers across runs
+            generator = torch.Generator().manual_seed(self.hparams.eval_seed + batch_idx)
+        inputs, labels = mask_tokens(tokens, padding_mask, self.hparams.mask_prob, generator)
+        logits = self(inputs, padding_mask)
+        chosen = labels != IGNORE
+        n = int(chosen.sum())
+        if n == 0:  # possible for a tiny, mostly-padded window: contribute nothing, keep the graph
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(logits[chosen].float(), labels[chosen])
+        if split == "train":
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/bpb", loss.detach() / math.log(2))
+            return loss
+        self.metrics[f"{split}_loss"].update(loss.detach(), weight=n)
+        self.metrics[f"{split}_unigram_bpb"].update(-self.unigram_log2p[labels[chosen]].mean(), weight=n)
+        self.metrics[f"{split}_acc"].update(logits.detach().argmax(-1), labels)
+        self.log(f"{split}/loss", self.metrics[f"{split}_loss"], prog_bar=True)
+        self.log(f"{split}/acc", self.metrics[f"{split}_acc"])
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test", batch_idx)
+
+    def _log_bits(self, split: str) -> None:
+        loss = self.metrics[f"{split}_loss"]
+        if loss.update_count == 0:
+            return
+        unigram = self.metrics[f"{split}_unigram_bpb"]
+        self.log(f"{split}/bpb", loss.compute() / math.log(2), prog_bar=True)
+        self.log(f"{split}/unigram_bpb", unigram.compute())
+        unigram.reset()  # logged as a value, so Lightning does not reset it for us
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_bits("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_bits("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        opt = adamw(self, h.lr, h.weight_decay, h.betas)
+        sched = warmup_cosine(opt, h.warmup_steps, h.total_steps, h.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
