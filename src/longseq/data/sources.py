@@ -86,3 +86,21 @@ def fetch(source: str, data_dir: str | Path) -> Path:
     if source not in SOURCES:
         raise UserError(f"unknown data source {source!r}: choose one of {', '.join(sorted(SOURCES))}")
     return SOURCES[source](Path(data_dir))
+
+
+def main() -> None:
+    """``python -m longseq.data.sources NAME [--data-dir data]``: fetch a source, print its FASTA path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", choices=sorted(SOURCES))
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args()
+    try:
+        print(fetch(args.source, args.data_dir))
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The real entry point: `python train.py` trains, writes its run folder, resumes and sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT, small_overrides
+
+SUMMARY_KEYS = {"steps", "tokens_per_s", "peak_mem_mib", "val_loss", "val_bpb", "val_unigram_bpb"}
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_train_writes_run_folder_and_resume_continues_the_step_count(tiny_fasta, tmp_path):
+    run = tmp_path / "run"
+    result = run_train(*small_overrides(tiny_fasta), f"hydra.run.dir={run}", "logger=many")
+    assert "longseq run summary" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["steps"] == 4
+    assert summary["val_bpb"] > 0 and summary["val_unigram_bpb"] > 0
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*"))
+
+    resumed = tmp_path / "resumed"
+    run_train(
+        *small_overrides(tiny_fasta, "trainer.max_steps=7"),
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}",
+    )
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 7
+    with open(resumed / "csv" / "metrics.csv") as fh:
+        steps = [int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")]
+    assert steps and min(steps) >= 4  # continued from step 4, did not start over
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 7
+
+
+def attention_choices() -> list[str]:
+    names = sorted(p.stem for p in (ROOT / "conf" / "model" / "attention").glob("*.yaml"))
+    return [n for n in names if n != "flash" or torch.cuda.is_available()]
+
+
+def test_multirun_trains_every_attention_mechanism(tiny_fasta, tmp_path):
+    names = attention_choices()
+    sweep = tmp_path / "sweep"
+    run_train(
+        "-m",
+        *small_overrides(tiny_fasta, "trainer.max_steps=3", "test=false"),
+        f"model/attention={','.join(names)}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == len(names)
+    for s in summaries:
+        assert s["steps"] == 3
+        assert s["val_loss"] is not None and s["val_loss"] == s["val_loss"]  # finite, not NaN
