@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Benchmark every attention kernel in conf/model/attention/ over sequence lengths.
+
+For each mechanism (plus exact SDPA pinned to each of its backends) and each length, times the
+forward pass and forward+backward on random inputs ``(batch, heads, seq, head_dim)``, records peak
+memory, the SDPA backend that actually ran, TFLOP/s for exact attention (4·B·H·N²·d, x3.5 with the
+backward) and, for linear kernels, the fraction of the memory-bandwidth floor (each of q, k, v, o
+read/written once forward; q, k, v, o, dO read and dq, dk, dv written once backward).
+
+A method that runs out of memory or past ``--budget-s`` at one length is recorded as such and not
+run at longer lengths. Writes ``<out>/bench_attention.csv``, ``.json`` (device, versions,
+settings, crossover lengths) and ``.png``.
+
+    python scripts/bench_attention.py --device cpu --lengths 256,1024,4096          # CPU, seconds
+    python scripts/bench_attention.py --device cuda --out results/bench_h100        # GPU, 1K..1M
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+EXACT_BACKENDS = ("flash", "cudnn", "efficient", "math")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def kernel_configs(names: list[str] | None, device: str) -> dict[str, dict]:
+    """Name -> attention config: every YAML in conf/model/attention, plus `sdpa-<backend>` variants."""
+    configs: dict[str, dict] = {}
+    for path in sorted((ROOT / "conf" / "model" / "attention").glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.merge({"seed": 0}, {"a": OmegaConf.load(path)}), resolve=True)["a"]
+        if path.stem == "sdpa":
+            for backend in EXACT_BACKENDS if device == "cuda" else ("math",):
+                configs[f"sdpa-{backend}"] = {**cfg, "backend": backend}
+            configs["sdpa-auto"] = cfg
+        elif path.stem != "flash":  # flash == sdpa-flash
+            configs[path.stem] = cfg
+    if names:
+        unknown = set(names) - set(configs)
+        if unknown:
+            raise SystemExit(f"error: unknown mechanism(s) {sorted(unknown)}; choose from {sorted(configs)}")
+        configs = {k: v for k, v in configs.items() if k in names}
+    return configs
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn, device: str, target_s: float, max_reps: int) -> tuple[float, int]:
+    """Median seconds of ``fn`` after one warm-up call; repetitions fill about ``target_s``."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    reps = max(1, min(max_reps, int(target_s / max(first, 1e-6))))
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), reps
+
+
+def memory_bandwidth(device: str) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (bytes read + written)."""
+    n = (1 << 28) if device == "cuda" else (1 << 25)
+    src = torch.randn(n // 4, device=device)
+    dst = torch.empty_like(src)
+    t, _ = time_call(lambda: dst.copy_(src), device, 0.2, 50)
+    return 2 * src.numel() * src.element_size() / t
+
+
+def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str) -> dict:
+    dtype = DTYPES[args.dtype]
+    b, h, d = args.batch, args.heads, args.head_dim
+    kernel = instantiate(cfg)(head_dim=d, max_seq_len=max(n, args.max_seq_len or 0)).to(device)
+    kernel.train(mode == "fwdbwd")
+    gen = torch.Generator(device=device).manual_seed(n)
+    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    do = torch.randn(b, h, n, d, device=device, dtype=dtype, generator=gen)
+    for t in (q, k, v):
+        t.requires_grad_(mode == "fwdbwd")
+    # Learned projections (Linformer) hold parameters: run them in the benchmark dtype as well.
+    kernel.to(dtype=dtype) if any(p.is_floating_point() for p in kernel.parameters()) else None
+
+    def fwd() -> None:
+        with torch.no_grad():
+            kernel(q, k, v)
+
+    def fwdbwd() -> None:
+        out = kernel(q, k, v)
+        out.backward(do)
+        q.grad = k.grad = v.grad = None
+
+    fn = fwd if mode == "fwd" else fwdbwd
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if device == "cuda" else 0
+    seconds, reps = time_call(fn, device, args.target_s, args.max_reps)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
+    row = {
+        "mechanism": name, "mode": mode, "seq_len": n, "batch": b, "heads": h, "head_dim": d, "dtype": args.dtype,
+        "median_ms": seconds * 1e3, "reps": reps, "peak_extra_mib": peak,
+        "backend_ran": getattr(kernel, "last_backend", "-"), "status": "ok",
+    }
+    elem = torch.finfo(dtype).bits // 8
+    tensor_bytes = b * h * n * d * elem
+    if getattr(kernel, "exact", False):
+        flops = 4 * b * h * n * n * d * (3.5 if mode == "fwdbwd" else 1.0)
+        row["tflops"] = flops / seconds / 1e12
+    else:
+        moved = tensor_bytes * (4 if mode == "fwd" else 4 + 8)  # fwd: q,k,v,o; bwd: q,k,v,o,dO,dq,dk,dv
+        row["floor_ms"] = moved / args.bandwidth * 1e3
+        row["floor_fraction"] = row["floor_ms"] / row["median_ms"]
+    return row
+
+
+def crossovers(rows: list[dict], mode: str) -> dict[str, int | None]:
+    """Shortest length from which each linear mechanism is faster than every exact backend."""
+    ok = [r for r in rows if r["mode"] == mode and r["status"] == "ok"]
+    lengths = sorted({r["seq_len"] for r in rows if r["mode"] == mode})
+    exact_best: dict[int, float] = {}
+    for n in lengths:
+        times = [r["median_ms"] for r in ok if r["seq_len"] == n and r["mechanism"].startswith("sdpa")]
+        failed = [r for r in rows if r["mode"] == mode and r["seq_len"] == n and r["mechanism"].startswith("sdpa")]
+        exact_best[n] = min(times) if times else (math.inf if failed or n > max(exact_best, default=0) else math.inf)
+    out: dict[str, int | None] = {}
+    for mech in sorted({r["mechanism"] for r in ok if not r["mechanism"].startswith("sdpa")}):
+        mine = {r["seq_len"]: r["median_ms"] for r in ok if r["mechanism"] == mech}
+        cross = None
+        for n in lengths:
+            faster = n in mine and mine[n] < exact_best.get(n, math.inf)
+            if faster and cross is None:
+                cross = n
+            elif not faster and n in mine:
+                cross = None  # must stay faster at every longer length measured
+        out[mech] = cross
+    return out
+
+
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ["fwd", "fwdbwd"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for ax, mode in zip(axes[:2], modes):
+        for mech in sorted({r["mechanism"] for r in rows}):
+            pts = sorted((r["seq_len"], r["median_ms"]) for r in rows if r["mechanism"] == mech and r["mode"] == mode and r["status"] == "ok")
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
+        for mech, n in meta["crossover"][mode].items():
+            if n:
+                ax.axvline(n, color="grey", lw=0.5, alpha=0.4)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="median time (ms)", title=f"{mode} time")
+        ax.grid(True, which="both", alpha=0.3)
+    for mech in sorted({r["mechanism"] for r in rows}):
+        pts = sorted((r["seq_len"], r["peak_extra_mib"]) for r in rows if r["mechanism"] == mech and r["mode"] == "fwdbwd" and r["status"] == "ok")
+        if pts and not all(math.isnan(p[1]) for p in pts):
+            axes[2].plot(*zip(*pts), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
+    axes[2].set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak extra memory (MiB)", title="fwd+bwd memory")
+    axes[2].grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    s = meta["settings"]
+    fig.suptitle(f"{meta['device']} | batch {s['batch']}, heads {s['heads']}, head_dim {s['head_dim']}, {s['dtype']} | torch {meta['torch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--mechanisms", default="", help="comma list (default: all YAMLs + every SDPA backend)")
+    p.add_argument("--lengths", default="", help="comma list (default GPU 1K..1M, CPU 256..8K)")
+    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--max-seq-len", type=int, default=0, help="max_seq_len given to kernels (default: each length)")
+    p.add_argument("--budget-s", type=float, default=15.0, help="skip longer lengths once one call takes longer")
+    p.add_argument("--target-s", type=float, default=1.0, help="time spent on repetitions per point")
+    p.add_argument("--max-reps", type=int, default=50)
+    p.add_argument("--out", default="results/bench_attention_cpu")
+    args = p.parse_args()
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
+    if args.dtype == "bf16" and device == "cpu":
+        pass  # bf16 matmuls run on CPU, slowly; fine for small sizes
+    default_lengths = [2**i for i in range(10, 21)] if device == "cuda" else [256, 512, 1024, 2048, 4096, 8192]
+    lengths = [int(x) for x in args.lengths.split(",") if x] or default_lengths
+    modes = [m for m in args.modes.split(",") if m]
+    configs = kernel_configs([m for m in args.mechanisms.split(",") if m], device)
+    args.bandwidth = memory_bandwidth(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for name, cfg in configs.items():
+        for mode in modes:
+            stopped = None
+            for n in lengths:
+                if stopped:
+                    rows.append({"mechanism": name, "mode": mode, "seq_len": n, "status": f"skipped ({stopped})"})
+                    continue
+                try:
+                    row = run_one(name, cfg, n, mode, args, device)
+                except torch.cuda.OutOfMemoryError:
+                    row, stopped = {"mechanism": name, "mode": mode, "seq_len": n, "status": "oom"}, "oom"
+                except Exception as exc:  # noqa: BLE001 - record and go on with the other methods
+                    msg = str(exc).splitlines()[0][:120]
+                    row, stopped = {"mechanism": name, "mode": mode, "seq_len": n, "status": f"error: {msg}"}, "error"
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                if row["status"] == "ok" and row["median_ms"] / 1e3 > args.budget_s:
+                    stopped = "over budget"
+                rows.append(row)
+                extra = f"{row.get('tflops', 0):.0f} TFLOP/s" if "tflops" in row else f"{row.get('floor_fraction', 0):.2f} of floor" if "floor_fraction" in row else ""
+                print(f"{name:>16} {mode:>6} {n:>8}  {row['status']:<10} {row.get('median_ms', float('nan')):10.3f} ms "
+                      f"{row.get('peak_extra_mib', float('nan')):9.0f} MiB  {row.get('backend_ran', '')} {extra}", flush=True)
+    meta = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "bandwidth_gb_s": args.bandwidth / 1e9,
+        "settings": {k: v for k, v in vars(args).items() if k != "bandwidth"},
+        "crossover": {mode: crossovers(rows, mode) for mode in modes},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    fields = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    with open(out / "bench_attention.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench_attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, meta, out / "bench_attention.png")
+    print(json.dumps(meta["crossover"], indent=1))
+    print(f"wrote {out}/bench_attention.csv, .json, .png")
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
+if __name__ == "__main__":
+    main()
