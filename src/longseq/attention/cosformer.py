@@ -44,7 +44,9 @@ class CosformerAttention(AttentionKernel):
     exact = False
     quadratic = False
 
-    def __init__(self, head_dim: int, max_seq_len: int, layer_idx: int = 0, horizon: int | None = None) -> None:
+    def __init__(
+        self, head_dim: int, max_seq_len: int, layer_idx: int = 0, horizon: int | None = None
+    ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         horizon = max_seq_len if horizon is None else int(horizon)
         if horizon <= 0:

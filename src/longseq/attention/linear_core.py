@@ -38,7 +38,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def real_token_count(padding_mask: torch.Tensor | None, seq_len: int, dtype: torch.dtype) -> torch.Tensor | float:
+def real_token_count(
+    padding_mask: torch.Tensor | None, seq_len: int, dtype: torch.dtype
+) -> torch.Tensor | float:
     """Number of real tokens, shaped ``(batch, 1, 1, 1)`` for broadcasting, or ``seq_len`` without mask.
 
     Clamped at 1 so that an all-padding sequence divides 0 by 1 instead of 0 by 0.
