@@ -57,15 +57,16 @@ def feature_seed(seed: int, layer_idx: int, redraw_count: int) -> int:
 
 
 def orthogonal_block(gaussian: torch.Tensor) -> torch.Tensor:
-    """Haar-distributed orthogonal matrix from a square Gaussian matrix: ``Q·diag(sign(diag R))``.
+    """Haar-distributed orthogonal matrices from square Gaussian ones: ``Q·diag(sign(diag R))``.
 
-    Without the sign correction Q inherits the QR routine's sign convention and is not uniformly
-    distributed (LAPACK's first column, for one, always points against the input's first column).
+    ``gaussian`` (..., dim, dim), batched. Without the sign correction Q inherits the QR routine's
+    sign convention and is not uniformly distributed (LAPACK's first column, for one, always points
+    against the input's first column).
     """
     q, r = torch.linalg.qr(gaussian)
-    signs = torch.sign(torch.diagonal(r))
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))  # (..., dim)
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)  # measure-zero, but never scale by 0
-    return q * signs[None, :]  # scales column j by sign(R_jj)
+    return q * signs[..., None, :]  # scales column j by sign(R_jj)
 
 
 def draw_projection(
@@ -73,14 +74,16 @@ def draw_projection(
 ) -> torch.Tensor:
     """Random rows ``(num_rows, dim)`` in float64 on CPU, each marginally ``N(0, I_dim)``.
 
-    Orthogonal: rows are orthogonal within consecutive blocks of ``dim`` rows, with norms drawn as the
-    norms of independent Gaussian vectors. Otherwise i.i.d. Gaussian.
+    Orthogonal: rows are orthogonal within consecutive blocks of ``dim`` rows (independent blocks),
+    with norms drawn as the norms of independent Gaussian vectors. Otherwise i.i.d. Gaussian.
     """
     opts = {"generator": generator, "dtype": torch.float64}
     if not orthogonal:
         return torch.randn(num_rows, dim, **opts)
-    blocks = [orthogonal_block(torch.randn(dim, dim, **opts)).T for _ in range(math.ceil(num_rows / dim))]
-    directions = torch.cat(blocks)[:num_rows]  # (num_rows, dim), unit rows
+    blocks = math.ceil(num_rows / dim)
+    # Rows of Qᵀ are Q's columns: block b's rows are mutually orthogonal unit vectors.
+    directions = orthogonal_block(torch.randn(blocks, dim, dim, **opts)).transpose(-2, -1)
+    directions = directions.reshape(blocks * dim, dim)[:num_rows]
     norms = torch.randn(num_rows, dim, **opts).norm(dim=1)  # chi_dim distributed
     return directions * norms[:, None]
 
@@ -103,15 +106,15 @@ def projection_logits(x: torch.Tensor, projection: torch.Tensor, kernel: str) ->
 def features_from_logits(
     logits: torch.Tensor, kernel: str, stabiliser: torch.Tensor | float, eps: float
 ) -> torch.Tensor:
-    """``(exp(logits − stabiliser) + eps)/√m`` (``relu(logits)`` for the ReLU kernel).
+    """``(exp(logits − stabiliser) + eps)/√m`` (``(relu(logits) + eps)/√m`` for the ReLU kernel).
 
-    The clamp at 0 only matters for positions outside the stabiliser's max (padded keys): it keeps
-    exp from overflowing there (an inf would turn into a NaN gradient even behind a ``where``).
+    With ``stabiliser = 0`` and ``eps = 0`` these are the raw FAVOR+ features whose dot product
+    estimates ``exp(q·k/√d)`` without bias.
     """
     m = logits.shape[-1]
     if kernel == "relu":
         return (torch.relu(logits) + eps) / math.sqrt(m)
-    return (torch.exp((logits - stabiliser).clamp(max=0)) + eps) / math.sqrt(m)
+    return (torch.exp(logits - stabiliser) + eps) / math.sqrt(m)
 
 
 def _masked_keys(k: torch.Tensor, padding_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -136,6 +139,12 @@ def _key_chunk_sums(
     """Count-normalised (S, z) of one chunk of keys; features built here so checkpointing drops them."""
     with torch.autocast(device_type=k.device.type, enabled=False):
         logits = projection_logits(_masked_keys(k, padding_mask, projection.dtype), projection, kernel)
+        if kernel != "relu":
+            # Real keys are <= the key max already; padded ones (zeroed, not in the max) may not be,
+            # and exp must not overflow there: an inf turns into a NaN gradient even behind a where.
+            # clamp passes the gradient at equality, so the max key keeps its whole gradient.
+            logits = (logits - key_max).clamp(max=0)
+            key_max = 0.0
         phi_k = features_from_logits(logits, kernel, key_max, eps)  # (batch, heads, chunk, features)
         return accumulate_kv(phi_k, v, padding_mask, count)
 
