@@ -69,7 +69,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is not None and ckpt_cb.save_last and ckpt_cb.dirpath:
+        # ModelCheckpoint saves `last` only at validation/epoch ends; make it the true final state so
+        # that `ckpt_path=.../last.ckpt` resumes from the step training stopped at.
+        trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")
+    best = ckpt_cb.best_model_path if ckpt_cb else ""
     eval_ckpt = best or None
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0]
     test = trainer.test(task, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0] if cfg.get("test") else {}

@@ -40,11 +40,10 @@ def backend_available(name: str) -> bool:
 
 def chosen_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> str:
     """Name of the backend PyTorch's dispatcher picks for these inputs (``unknown`` if it can't say)."""
-    if not q.is_cuda:
-        return "math"  # CPU: no fused flash/cudnn/efficient kernels; PyTorch runs its CPU path
     try:  # private but stable helper used by PyTorch's own tests
         index = torch._fused_sdp_choice(q, k, v, mask, 0.0, False)
-        return _NAMES.get(SDPBackend(index), "unknown")
+        name = _NAMES.get(SDPBackend(index), "unknown")
+        return name if q.is_cuda else f"{name}-cpu"  # CPU "flash" is PyTorch's fused CPU kernel
     except Exception:  # noqa: BLE001 - recording the backend must never break training
         return "unknown"
 
