@@ -22,7 +22,7 @@ import math
 import torch
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import compute_dtype, linear_attention
+from longseq.attention.linear_core import compute_dtype, linear_attention, recomputed
 from longseq.errors import UserError
 
 
@@ -38,14 +38,30 @@ def cos_reweighted_features(x: torch.Tensor, horizon: int) -> torch.Tensor:
     return torch.cat([relu * torch.cos(angle)[:, None], relu * torch.sin(angle)[:, None]], dim=-1)
 
 
+def _cosformer_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None, horizon: int
+) -> torch.Tensor:
+    dtype = compute_dtype(q.dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        phi_q = cos_reweighted_features(q.to(dtype), horizon)  # (batch, heads, seq, 2·head_dim)
+        phi_k = cos_reweighted_features(k.to(dtype), horizon)
+    return linear_attention(phi_q, phi_k, v, padding_mask, out_dtype=q.dtype)
+
+
 class CosformerAttention(AttentionKernel):
-    """cosFormer; ``horizon`` is the re-weighting length M (None: ``max_seq_len``)."""
+    """cosFormer; ``horizon`` is the re-weighting length M (None: ``max_seq_len``); ``recompute``
+    rebuilds the fp32 features in backward instead of storing them (autograd keeps only q, k, v)."""
 
     exact = False
     quadratic = False
 
     def __init__(
-        self, head_dim: int, max_seq_len: int, layer_idx: int = 0, horizon: int | None = None
+        self,
+        head_dim: int,
+        max_seq_len: int,
+        layer_idx: int = 0,
+        horizon: int | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         horizon = max_seq_len if horizon is None else int(horizon)
@@ -55,9 +71,10 @@ class CosformerAttention(AttentionKernel):
                 f"(uses max_seq_len) or a positive length"
             )
         self.horizon = horizon
+        self.recompute = recompute
 
     def extra_repr(self) -> str:
-        return f"horizon={self.horizon}"
+        return f"horizon={self.horizon}, recompute={self.recompute}"
 
     def attend(
         self,
@@ -73,8 +90,6 @@ class CosformerAttention(AttentionKernel):
                 f"(weights turn negative past M); raise model.attention.horizon (or max_seq_len) to at "
                 f"least {seq}"
             )
-        dtype = compute_dtype(q.dtype)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q = cos_reweighted_features(q.to(dtype), self.horizon)  # (batch, heads, seq, 2·head_dim)
-            phi_k = cos_reweighted_features(k.to(dtype), self.horizon)
-        return linear_attention(phi_q, phi_k, v, padding_mask, out_dtype=q.dtype)
+        if self.recompute:
+            return recomputed(_cosformer_attention, q, k, v, padding_mask, self.horizon)
+        return _cosformer_attention(q, k, v, padding_mask, self.horizon)

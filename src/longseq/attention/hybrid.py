@@ -18,6 +18,8 @@ A query with no real key in its window (only possible for a padded query) gets o
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Callable
 
@@ -100,12 +102,10 @@ def sliding_window_blocked(
     return out
 
 
-def band_block_mask(seq: int, window: int, padding_mask: torch.Tensor | None, device: torch.device):  # noqa: ANN201
-    """A flex ``BlockMask`` for ``|i − j| <= window`` (and real keys), built as a band of key blocks.
-
-    Query block r needs key blocks r − reach .. r + reach with ``reach = ceil(window / FLEX_BLOCK)``;
-    every listed block is partial (the ``mask_mod`` decides per element).
-    """
+@functools.lru_cache(maxsize=8)
+def _band_blocks(seq: int, window: int, device: torch.device):  # noqa: ANN202 - a flex BlockMask
+    """The band of key blocks for ``|i − j| <= window``, without padding (cached: it depends on the
+    lengths only, and building it costs O((seq/block)²) integers, ~0.5 GiB at 1M tokens)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     blocks = math.ceil(seq / FLEX_BLOCK)
@@ -113,28 +113,43 @@ def band_block_mask(seq: int, window: int, padding_mask: torch.Tensor | None, de
     rows = torch.arange(blocks, device=device)[:, None]
     cols = rows + torch.arange(-reach, reach + 1, device=device)[None, :]  # (blocks, 2·reach + 1)
     valid = (cols >= 0) & (cols < blocks)
-    # Valid indices first (sorted keeps them ascending), invalid ones pushed to the end and ignored.
+    # Valid indices first, in ascending order; the rest is ignored past kv_num_blocks. BlockMask wants
+    # one index column per key block (it densifies with the width as the number of key blocks).
     order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
-    kv_indices = torch.gather(cols.clamp(0, blocks - 1), 1, order).to(torch.int32)
+    band = torch.gather(cols.clamp(0, blocks - 1), 1, order).to(torch.int32)[:, :blocks]
+    kv_indices = torch.zeros(blocks, blocks, dtype=torch.int32, device=device)
+    kv_indices[:, : band.shape[1]] = band
     kv_num_blocks = valid.sum(dim=1).to(torch.int32)
 
-    if padding_mask is None:
-
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-            return (q_idx - kv_idx).abs() <= window
-
-    else:
-
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-            return ((q_idx - kv_idx).abs() <= window) & padding_mask[b, kv_idx]
+    def in_window(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        return (q_idx - kv_idx).abs() <= window
 
     return BlockMask.from_kv_blocks(
         kv_num_blocks[None, None],
         kv_indices[None, None],
         BLOCK_SIZE=FLEX_BLOCK,
-        mask_mod=mask_mod,
+        mask_mod=in_window,
         seq_lengths=(seq, seq),
     )
+
+
+def band_block_mask(seq: int, window: int, padding_mask: torch.Tensor | None, device: torch.device):  # noqa: ANN201
+    """A flex ``BlockMask`` for ``|i − j| <= window`` and real keys, built as a band of key blocks.
+
+    Query block r needs key blocks r − reach .. r + reach with ``reach = ceil(window / FLEX_BLOCK)``;
+    every listed block is partial (the ``mask_mod`` decides per element). Padding only changes the
+    ``mask_mod``, so the cached band is reused with a mask_mod that also reads the padding mask.
+    """
+    band = _band_blocks(seq, window, torch.device(device))
+    if padding_mask is None:
+        return band
+
+    def in_window_and_real(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        return ((q_idx - kv_idx).abs() <= window) & padding_mask[b, kv_idx]
+
+    masked = copy.copy(band)
+    masked.mask_mod = in_window_and_real
+    return masked
 
 
 def sliding_window_flex(
@@ -155,7 +170,11 @@ def sliding_window_flex(
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         fn = _compiled_flex
     block_mask = band_block_mask(q.shape[-2], window, padding_mask, q.device)
-    return fn(q, k, v, block_mask=block_mask)  # rows with no allowed key come out as 0
+    # Autocast off (inputs already in one dtype): an autocast switch is global state that would make
+    # the compiled kernel recompile, and past the recompile limit dynamo falls back to eager flex,
+    # which materialises seq × seq.
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return fn(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask)  # rows with no allowed key: 0
 
 
 class HybridAttention(AttentionKernel):

@@ -20,12 +20,20 @@ computed in O(seq) time and memory. Numerics (see DESIGN.md, "Numerics"):
 
 The accumulation (:func:`accumulate_kv`) and the read-out (:func:`readout`) are separate so that a
 kernel whose features are too large to hold for the whole sequence (Performer) can feed them chunk by
-chunk.
+chunk. :func:`recomputed` runs a piece of a kernel under activation checkpointing: autograd then keeps
+only its inputs (the bf16 q, k, v) instead of the several fp32 ``(seq, features)`` intermediates of the
+features and the read-out, for the price of running that piece's forward twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+from torch.utils.checkpoint import checkpoint
+
+T = TypeVar("T")
 
 # Smallest denominator a read-out divides by (on the scale of the count-normalised sums, where a
 # typical denominator is O(1)). Small enough never to bias a real row in fp32, large enough that the
@@ -104,3 +112,14 @@ def linear_attention(
     count = real_token_count(padding_mask, phi_k.shape[-2], compute_dtype(phi_k.dtype))
     s, z = accumulate_kv(phi_k, v, padding_mask, count)
     return readout(phi_q, s, z, v.dtype if out_dtype is None else out_dtype)
+
+
+def recomputed(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, recomputed in backward instead of keeping its intermediates (when there is a
+    backward: under ``no_grad`` or with no input requiring grad it simply runs)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    )
+    if not needs_grad:
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)

@@ -37,10 +37,9 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import accumulate_kv, compute_dtype, readout, real_token_count
+from longseq.attention.linear_core import accumulate_kv, compute_dtype, readout, real_token_count, recomputed
 from longseq.errors import UserError
 
 KERNELS = ("softmax_pos", "softmax_hyp", "relu")
@@ -185,7 +184,7 @@ class PerformerAttention(AttentionKernel):
         orthogonal: bool = True,
         seed: int = 0,
         eps: float = 1e-6,
-        chunk_size: int = 4096,
+        chunk_size: int = 16384,
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         if kernel not in KERNELS:
@@ -275,14 +274,6 @@ class PerformerAttention(AttentionKernel):
         seq = q.shape[-2]
         dtype = compute_dtype(q.dtype)
         size = self.chunk_size
-        # Recompute features in backward only when a backward will happen.
-        recompute = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-
-        def run(fn: Callable[..., object], *args: object) -> object:
-            if recompute:
-                return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
-            return fn(*args)
-
         projection = self.projection.to(dtype)
         key_max = self._key_max(k, padding_mask, projection)
         count = real_token_count(padding_mask, seq, dtype)
@@ -292,7 +283,7 @@ class PerformerAttention(AttentionKernel):
         s = z = None
         for start in range(0, seq, size):
             chunk_mask = None if padding_mask is None else padding_mask[:, start : start + size]
-            s_c, z_c = run(
+            s_c, z_c = recomputed(
                 _key_chunk_sums,
                 k[..., start : start + size, :],
                 v[..., start : start + size, :],
@@ -306,7 +297,7 @@ class PerformerAttention(AttentionKernel):
             s, z = (s_c, z_c) if s is None else (s + s_c, z + z_c)
 
         outs = [
-            run(
+            recomputed(
                 _query_chunk_readout, q[..., start : start + size, :], s, z, projection, self.kernel, self.eps
             )
             for start in range(0, seq, size)
