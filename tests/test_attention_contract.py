@@ -23,12 +23,15 @@ ATTENTION_DIR = ROOT / "conf" / "model" / "attention"
 NAMES = sorted(p.stem for p in ATTENTION_DIR.glob("*.yaml"))
 
 # Overrides that shrink a kernel so small test inputs still exercise its real code path (Linformer
-# actually pools, the hybrid's window is shorter than the sequence, Performer runs several chunks).
+# actually pools, the hybrid's window is shorter than the sequence, the linear kernels run several
+# chunks).
 # Kernels not listed run with their YAML defaults.
 SHRINK: dict[str, dict[str, object]] = {
     "linformer": {"k": 8},
     "hybrid": {"window": 5},
     "performer": {"chunk_size": 16, "num_features": 64},
+    "linear_elu": {"chunk_size": 16},
+    "cosformer": {"chunk_size": 16},
 }
 # Non-default variants that get the same checks as the YAMLs (gradients, padding, bf16).
 VARIANTS: list[tuple[str, dict[str, object]]] = [
@@ -37,7 +40,8 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("linformer", {"k": 8, "projection": "conv", "share_kv": False}),
     ("performer", {"chunk_size": 16, "num_features": 64, "kernel": "softmax_hyp"}),
     ("performer", {"chunk_size": 16, "num_features": 64, "kernel": "relu", "orthogonal": False}),
-    ("cosformer", {"horizon": 200}),
+    ("cosformer", {"horizon": 200, "chunk_size": 16}),
+    ("linear_elu", {"chunk_size": 16, "recompute": False}),
     (
         "hybrid",
         {
@@ -58,10 +62,12 @@ CASE_IDS = [
 ]
 
 # Extra overrides for the 1M-token run: a small window (the local part costs O(seq·window)), one local
-# head (that run has 2 heads), and Performer in larger chunks (fewer Python iterations).
+# head (that run has 2 heads), and the linear kernels in their default-sized chunks.
 MILLION: dict[str, dict[str, object]] = {
     "hybrid": {"window": 4, "local_heads": 1},
     "performer": {"chunk_size": 16384, "num_features": 64},
+    "linear_elu": {"chunk_size": 65536},
+    "cosformer": {"chunk_size": 65536},
 }
 
 # bf16 autocast (bf16 q, k, v as an autocast encoder hands them over) vs the same kernel in float64 on

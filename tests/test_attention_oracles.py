@@ -22,7 +22,7 @@ from longseq.attention.hybrid import (
     sliding_window_blocked,
     sliding_window_flex,
 )
-from longseq.attention.linear_core import DENOMINATOR_FLOOR
+from longseq.attention.linear_core import DENOMINATOR_FLOOR, linear_attention
 from longseq.attention.linear_elu import LinearEluAttention, elu_plus_one
 from longseq.attention.linformer import LinformerAttention
 from longseq.attention.performer import (
@@ -81,13 +81,18 @@ def quadratic_form(kernel_matrix, v, mask=None):
 # --- linear kernels against their quadratic forms ----------------------------------------------------
 
 
+@pytest.mark.parametrize("chunk_size", [5, 1000])
 @pytest.mark.parametrize("padded", [False, True])
-def test_linear_elu_equals_quadratic_form(padded):
+def test_linear_elu_equals_quadratic_form(padded, chunk_size):
     q, k, v = qkv()
     mask = some_padding() if padded else None
     kernel_matrix = elu_plus_one(q) @ elu_plus_one(k).transpose(-2, -1)
     expected = quadratic_form(kernel_matrix, v, mask)
-    torch.testing.assert_close(LinearEluAttention(8, 64)(q, k, v, mask), expected, rtol=0, atol=1e-10)
+    out = LinearEluAttention(8, 64, chunk_size=chunk_size)(q, k, v, mask)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        linear_attention(elu_plus_one(q), elu_plus_one(k), v, mask), expected, rtol=0, atol=1e-10
+    )
 
 
 def test_elu_plus_one_is_safe_in_bf16():
@@ -97,9 +102,10 @@ def test_elu_plus_one_is_safe_in_bf16():
     torch.testing.assert_close(phi.double(), F.elu(x.double()) + 1, rtol=1e-2, atol=0)
 
 
+@pytest.mark.parametrize("chunk_size", [5, 1000])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("horizon", [None, 100])
-def test_cosformer_equals_quadratic_form(padded, horizon):
+def test_cosformer_equals_quadratic_form(padded, horizon, chunk_size):
     q, k, v = qkv()
     seq = q.shape[-2]
     mask = some_padding() if padded else None
@@ -108,7 +114,7 @@ def test_cosformer_equals_quadratic_form(padded, horizon):
     reweight = torch.cos(math.pi / 2 * (i[:, None] - i[None, :]) / big_m)
     kernel_matrix = (torch.relu(q) @ torch.relu(k).transpose(-2, -1)) * reweight
     expected = quadratic_form(kernel_matrix, v, mask)
-    out = CosformerAttention(8, seq, horizon=horizon)(q, k, v, mask)
+    out = CosformerAttention(8, seq, horizon=horizon, chunk_size=chunk_size)(q, k, v, mask)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 
 

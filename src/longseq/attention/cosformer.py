@@ -17,40 +17,38 @@ positive; a longer sequence would make weights negative, so it is refused.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import compute_dtype, linear_attention, recomputed
+from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
 from longseq.errors import UserError
 
 
-def cos_reweighted_features(x: torch.Tensor, horizon: int) -> torch.Tensor:
-    """``[relu(x) cos a, relu(x) sin a]`` with ``a_i = π i / (2·horizon)``.
+def cos_reweighted_features(
+    x: torch.Tensor, start: int = 0, padding_mask: torch.Tensor | None = None, *, horizon: int
+) -> torch.Tensor:
+    """``[relu(x) cos a, relu(x) sin a]`` with ``a_i = π i / (2·horizon)``, i counted from ``start``.
 
-    ``x`` (batch, heads, seq, head_dim) -> (batch, heads, seq, 2·head_dim), in ``x``'s dtype.
+    ``x`` (batch, heads, seq, head_dim) -> (batch, heads, seq, 2·head_dim) in the compute dtype (fp32,
+    fp64 for fp64). ``padding_mask`` is unused (the core drops padded keys); it makes this a
+    :data:`~longseq.attention.linear_core.FeatureMap` once ``horizon`` is bound.
     """
+    x = x.to(compute_dtype(x.dtype))
     seq = x.shape[-2]
-    # Positions up to 2**24 are exact in fp32; the angle is computed in x's (fp32/fp64) dtype.
-    angle = torch.arange(seq, device=x.device, dtype=x.dtype) * (math.pi / (2 * horizon))  # (seq,)
+    # Positions up to 2**24 are exact in fp32.
+    position = torch.arange(start, start + seq, device=x.device, dtype=x.dtype)
+    angle = position * (math.pi / (2 * horizon))  # (seq,)
     relu = torch.relu(x)
     return torch.cat([relu * torch.cos(angle)[:, None], relu * torch.sin(angle)[:, None]], dim=-1)
 
 
-def _cosformer_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None, horizon: int
-) -> torch.Tensor:
-    dtype = compute_dtype(q.dtype)
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        phi_q = cos_reweighted_features(q.to(dtype), horizon)  # (batch, heads, seq, 2·head_dim)
-        phi_k = cos_reweighted_features(k.to(dtype), horizon)
-    return linear_attention(phi_q, phi_k, v, padding_mask, out_dtype=q.dtype)
-
-
 class CosformerAttention(AttentionKernel):
-    """cosFormer; ``horizon`` is the re-weighting length M (None: ``max_seq_len``); ``recompute``
-    rebuilds the fp32 features in backward instead of storing them (autograd keeps only q, k, v)."""
+    """cosFormer; ``horizon`` is the re-weighting length M (None: ``max_seq_len``); ``chunk_size``
+    tokens per chunk; ``recompute`` rebuilds each chunk's fp32 features in backward instead of storing
+    them (autograd keeps only q, k, v)."""
 
     exact = False
     quadratic = False
@@ -61,6 +59,7 @@ class CosformerAttention(AttentionKernel):
         max_seq_len: int,
         layer_idx: int = 0,
         horizon: int | None = None,
+        chunk_size: int = 65536,
         recompute: bool = True,
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
@@ -70,11 +69,16 @@ class CosformerAttention(AttentionKernel):
                 f"cosFormer horizon must be positive, got {horizon}; set model.attention.horizon=null "
                 f"(uses max_seq_len) or a positive length"
             )
+        if chunk_size <= 0:
+            raise UserError(
+                f"cosFormer chunk_size must be positive, got {chunk_size}; set model.attention.chunk_size"
+            )
         self.horizon = horizon
+        self.chunk_size = chunk_size
         self.recompute = recompute
 
     def extra_repr(self) -> str:
-        return f"horizon={self.horizon}, recompute={self.recompute}"
+        return f"horizon={self.horizon}, chunk_size={self.chunk_size}, recompute={self.recompute}"
 
     def attend(
         self,
@@ -90,6 +94,7 @@ class CosformerAttention(AttentionKernel):
                 f"(weights turn negative past M); raise model.attention.horizon (or max_seq_len) to at "
                 f"least {seq}"
             )
-        if self.recompute:
-            return recomputed(_cosformer_attention, q, k, v, padding_mask, self.horizon)
-        return _cosformer_attention(q, k, v, padding_mask, self.horizon)
+        features = functools.partial(cos_reweighted_features, horizon=self.horizon)
+        return chunked_linear_attention(
+            q, k, v, padding_mask, features, features, self.chunk_size, self.recompute
+        )

@@ -18,11 +18,12 @@ computed in O(seq) time and memory. Numerics (see DESIGN.md, "Numerics"):
   toward 0 and is never blown up; a row whose kernel weights are all 0 (possible with ReLU features)
   returns 0. A sequence with no real token at all also returns 0.
 
-The accumulation (:func:`accumulate_kv`) and the read-out (:func:`readout`) are separate so that a
-kernel whose features are too large to hold for the whole sequence (Performer) can feed them chunk by
-chunk. :func:`recomputed` runs a piece of a kernel under activation checkpointing: autograd then keeps
-only its inputs (the bf16 q, k, v) instead of the several fp32 ``(seq, features)`` intermediates of the
-features and the read-out, for the price of running that piece's forward twice.
+Memory: :func:`chunked_linear_attention` (what the kernels use) runs the accumulation and the
+read-out over chunks of the sequence, each under activation checkpointing (:func:`recomputed`).
+Autograd then keeps only the inputs (views of the bf16 q, k, v) and the small ``S``/``z``, never the
+fp32 ``(seq, features)`` features and intermediates; those exist for one chunk at a time, in forward
+and again in backward, for the price of running the feature maps twice. :func:`linear_attention` is
+the plain whole-sequence form (a reference; the oracles compare it with the quadratic form).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 T = TypeVar("T")
+
+# A feature map for chunked attention: (x chunk in its input dtype, index of the chunk's first token,
+# padding mask of the chunk or None) -> non-negative features in the compute dtype. The index serves
+# position-dependent maps (cosFormer); the mask lets a key map neutralise padded keys early.
+FeatureMap = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
 
 # Smallest denominator a read-out divides by (on the scale of the count-normalised sums, where a
 # typical denominator is O(1)). Small enough never to bias a real row in fp32, large enough that the
@@ -123,3 +129,59 @@ def recomputed(fn: Callable[..., T], *args: object) -> T:
     if not needs_grad:
         return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+def _chunk_sums(
+    features: FeatureMap,
+    start: int,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding_mask: torch.Tensor | None,
+    count: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        return accumulate_kv(features(k, start, padding_mask), v, padding_mask, count)
+
+
+def _chunk_readout(
+    features: FeatureMap, start: int, q: torch.Tensor, s: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return readout(features(q, start, None), s, z, q.dtype)
+
+
+def chunked_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding_mask: torch.Tensor | None,
+    query_features: FeatureMap,
+    key_features: FeatureMap,
+    chunk_size: int,
+    recompute: bool = True,
+) -> torch.Tensor:
+    """Normalised linear attention over chunks of ``chunk_size`` tokens; same result as
+    :func:`linear_attention` on the whole sequence (up to summation order).
+
+    ``q, k, v`` (batch, heads, seq, head_dim) in any dtype; returns q's shape and dtype. With
+    ``recompute`` every chunk's features are rebuilt in backward instead of being stored.
+    """
+    seq = q.shape[-2]
+    count = real_token_count(padding_mask, seq, compute_dtype(q.dtype))
+
+    def run(fn: Callable[..., T], *args: object) -> T:
+        return recomputed(fn, *args) if recompute else fn(*args)
+
+    s = z = None
+    for start in range(0, seq, chunk_size):
+        stop = start + chunk_size
+        mask = None if padding_mask is None else padding_mask[:, start:stop]
+        s_c, z_c = run(
+            _chunk_sums, key_features, start, k[..., start:stop, :], v[..., start:stop, :], mask, count
+        )
+        s, z = (s_c, z_c) if s is None else (s + s_c, z + z_c)
+    outs = [
+        run(_chunk_readout, query_features, start, q[..., start : start + chunk_size, :], s, z)
+        for start in range(0, seq, chunk_size)
+    ]
+    return torch.cat(outs, dim=-2)  # (batch, heads, seq, head_dim)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import compute_dtype, linear_attention, recomputed
+from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
+from longseq.errors import UserError
 
 
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
@@ -24,34 +25,41 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))
 
 
-def _elu_linear_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None
-) -> torch.Tensor:
-    # Features from upcast inputs: the core would upcast them anyway, and fp32 features keep the
-    # kernel's small values instead of rounding them to bf16's 3 significant digits.
-    dtype = compute_dtype(q.dtype)
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        phi_q = elu_plus_one(q.to(dtype))  # (batch, heads, seq, head_dim)
-        phi_k = elu_plus_one(k.to(dtype))
-    return linear_attention(phi_q, phi_k, v, padding_mask, out_dtype=q.dtype)
+def _elu_features(x: torch.Tensor, start: int, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    # From upcast inputs: fp32 features keep the kernel's small values instead of rounding them to
+    # bf16's 3 significant digits (the core would upcast them anyway).
+    return elu_plus_one(x.to(compute_dtype(x.dtype)))
 
 
 class LinearEluAttention(AttentionKernel):
     """Normalised linear attention with φ(x) = elu(x) + 1.
 
-    ``recompute``: rebuild the fp32 features in backward instead of storing them (autograd then keeps
-    only q, k, v; about one extra forward of compute).
+    ``chunk_size``: tokens per chunk of the accumulation and read-out; ``recompute``: rebuild each
+    chunk's fp32 features in backward instead of storing them (autograd then keeps only q, k, v; about
+    one extra forward of compute).
     """
 
     exact = False
     quadratic = False
 
-    def __init__(self, head_dim: int, max_seq_len: int, layer_idx: int = 0, recompute: bool = True) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        max_seq_len: int,
+        layer_idx: int = 0,
+        chunk_size: int = 65536,
+        recompute: bool = True,
+    ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
+        if chunk_size <= 0:
+            raise UserError(
+                f"linear_elu chunk_size must be positive, got {chunk_size}; set model.attention.chunk_size"
+            )
+        self.chunk_size = chunk_size
         self.recompute = recompute
 
     def extra_repr(self) -> str:
-        return f"recompute={self.recompute}"
+        return f"chunk_size={self.chunk_size}, recompute={self.recompute}"
 
     def attend(
         self,
@@ -60,6 +68,6 @@ class LinearEluAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        if self.recompute:
-            return recomputed(_elu_linear_attention, q, k, v, padding_mask)
-        return _elu_linear_attention(q, k, v, padding_mask)
+        return chunked_linear_attention(
+            q, k, v, padding_mask, _elu_features, _elu_features, self.chunk_size, self.recompute
+        )

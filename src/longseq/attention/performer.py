@@ -32,6 +32,7 @@ Numerics (DESIGN.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from collections.abc import Callable
 import torch
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import accumulate_kv, compute_dtype, readout, real_token_count, recomputed
+from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
 from longseq.errors import UserError
 
 KERNELS = ("softmax_pos", "softmax_hyp", "relu")
@@ -125,42 +126,39 @@ def _masked_keys(k: torch.Tensor, padding_mask: torch.Tensor | None, dtype: torc
     return torch.where(padding_mask[:, None, :, None], k, torch.zeros((), dtype=dtype, device=k.device))
 
 
-def _key_chunk_sums(
+def _key_features(
     k: torch.Tensor,
-    v: torch.Tensor,
+    start: int,
     padding_mask: torch.Tensor | None,
+    *,
     projection: torch.Tensor,
     key_max: torch.Tensor | float,
-    count: torch.Tensor | float,
     kernel: str,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Count-normalised (S, z) of one chunk of keys; features built here so checkpointing drops them."""
-    with torch.autocast(device_type=k.device.type, enabled=False):
-        logits = projection_logits(_masked_keys(k, padding_mask, projection.dtype), projection, kernel)
-        if kernel != "relu":
-            # Real keys are <= the key max already; padded ones (zeroed, not in the max) may not be,
-            # and exp must not overflow there: an inf turns into a NaN gradient even behind a where.
-            # clamp passes the gradient at equality, so the max key keeps its whole gradient.
-            logits = (logits - key_max).clamp(max=0)
-            key_max = 0.0
-        phi_k = features_from_logits(logits, kernel, key_max, eps)  # (batch, heads, chunk, features)
-        return accumulate_kv(phi_k, v, padding_mask, count)
+) -> torch.Tensor:
+    """Key features of one chunk, stabilised by the (batch, head) key max: (..., chunk, features)."""
+    logits = projection_logits(_masked_keys(k, padding_mask, projection.dtype), projection, kernel)
+    if kernel == "relu":
+        return features_from_logits(logits, kernel, 0.0, eps)
+    # Real keys are <= the key max already; padded ones (zeroed, not in the max) may not be, and exp
+    # must not overflow there: an inf turns into a NaN gradient even behind a where. clamp passes the
+    # gradient at equality, so the max key keeps its whole gradient.
+    return features_from_logits((logits - key_max).clamp(max=0), kernel, 0.0, eps)
 
 
-def _query_chunk_readout(
+def _query_features(
     q: torch.Tensor,
-    s: torch.Tensor,
-    z: torch.Tensor,
+    start: int,
+    padding_mask: torch.Tensor | None,
+    *,
     projection: torch.Tensor,
     kernel: str,
     eps: float,
 ) -> torch.Tensor:
-    """Read-out of one chunk of queries, in ``q``'s dtype; features built here so checkpointing drops them."""
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        logits = projection_logits(q.to(projection.dtype), projection, kernel)
-        stabiliser = 0.0 if kernel == "relu" else logits.amax(dim=-1, keepdim=True).detach()
-        return readout(features_from_logits(logits, kernel, stabiliser, eps), s, z, q.dtype)
+    """Query features of one chunk, each row stabilised by its own max: (..., chunk, features)."""
+    logits = projection_logits(q.to(projection.dtype), projection, kernel)
+    stabiliser = 0.0 if kernel == "relu" else logits.amax(dim=-1, keepdim=True).detach()
+    return features_from_logits(logits, kernel, stabiliser, eps)
 
 
 class PerformerAttention(AttentionKernel):
@@ -248,12 +246,11 @@ class PerformerAttention(AttentionKernel):
         with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
             maxima = []
             for start in range(0, k.shape[-2], size):
-                # The same computation as in _key_chunk_sums, so no real key's logit exceeds the max.
+                # The same computation as in _key_features, so no real key's logit exceeds the max.
                 mask = None if padding_mask is None else padding_mask[:, start : start + size]
                 keys = _masked_keys(k[..., start : start + size, :], mask, projection.dtype)
-                row_max = projection_logits(keys, projection, self.kernel).amax(
-                    dim=-1
-                )  # (batch, heads, chunk)
+                logits = projection_logits(keys, projection, self.kernel)  # (batch, heads, chunk, features)
+                row_max = logits.amax(dim=-1)  # (batch, heads, chunk)
                 if mask is not None:
                     row_max = row_max.masked_fill(~mask[:, None, :], float("-inf"))
                 maxima.append(row_max.amax(dim=-1))
@@ -271,35 +268,12 @@ class PerformerAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        seq = q.shape[-2]
-        dtype = compute_dtype(q.dtype)
-        size = self.chunk_size
-        projection = self.projection.to(dtype)
+        projection = self.projection.to(compute_dtype(q.dtype))
         key_max = self._key_max(k, padding_mask, projection)
-        count = real_token_count(padding_mask, seq, dtype)
-
-        # Chunks are slices (views) of the inputs in their own dtype: checkpointing keeps only them,
-        # plus the small (features, head_dim) sums, for backward.
-        s = z = None
-        for start in range(0, seq, size):
-            chunk_mask = None if padding_mask is None else padding_mask[:, start : start + size]
-            s_c, z_c = recomputed(
-                _key_chunk_sums,
-                k[..., start : start + size, :],
-                v[..., start : start + size, :],
-                chunk_mask,
-                projection,
-                key_max,
-                count,
-                self.kernel,
-                self.eps,
-            )
-            s, z = (s_c, z_c) if s is None else (s + s_c, z + z_c)
-
-        outs = [
-            recomputed(
-                _query_chunk_readout, q[..., start : start + size, :], s, z, projection, self.kernel, self.eps
-            )
-            for start in range(0, seq, size)
-        ]
-        return torch.cat(outs, dim=-2)  # (batch, heads, seq, head_dim)
+        query_features = functools.partial(
+            _query_features, projection=projection, kernel=self.kernel, eps=self.eps
+        )
+        key_features = functools.partial(
+            _key_features, projection=projection, key_max=key_max, kernel=self.kernel, eps=self.eps
+        )
+        return chunked_linear_attention(q, k, v, padding_mask, query_features, key_features, self.chunk_size)
