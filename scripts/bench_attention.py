@@ -113,6 +113,9 @@ def memory_bandwidth(device: str) -> float:
 def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str, warm: bool) -> dict:
     dtype = DTYPES[args.dtype]
     b, h, d = args.batch, args.heads, args.head_dim
+    # Compiled kernels (flex_attention in `hybrid`) recompile for every new length; past dynamo's
+    # recompile limit they would silently fall back to eager code that materialises seq x seq.
+    torch._dynamo.reset()
     kernel = instantiate(cfg)(head_dim=d, max_seq_len=max(n, args.max_seq_len or 0)).to(device)
     kernel.train(mode == "fwdbwd")
     gen = torch.Generator(device=device).manual_seed(n)
