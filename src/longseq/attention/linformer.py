@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longseq.attention.base import AttentionKernel
-from longseq.attention.linear_core import compute_dtype
+from longseq.attention.linear_core import compute_dtype, recomputed
 from longseq.errors import UserError
 
 PROJECTIONS = ("learned", "pool", "conv")
@@ -130,16 +130,20 @@ class LinformerAttention(AttentionKernel):
 
     def _project(
         self, x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sequence projection of ``x`` (batch, heads, seq, dim) -> (batch, heads, slots, dim) and slot mask."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence projection of ``x`` (batch, heads, seq, dim) -> (batch, heads, slots, dim) in fp32
+        (fp64 stays fp64), and the slot mask (batch, slots): True where a slot holds a real token."""
         seq = x.shape[-2]
-        if self.projection == "learned":
-            x = torch.where(keep[:, None, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-            return param[:, :seq].to(x.dtype) @ x, None  # (k, seq) @ (batch, heads, seq, dim)
-        taps = None
-        if self.projection == "conv":
-            taps = self._conv_taps(param, math.ceil(seq / min(self.k, seq)), x.dtype)
-        return segment_weighted_mean(x, keep, min(self.k, seq), taps)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(compute_dtype(x.dtype))
+            if self.projection == "learned":
+                x = torch.where(keep[:, None, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+                projected = param[:, :seq].to(x.dtype) @ x  # (k, seq) @ (batch, heads, seq, dim)
+                return projected, torch.ones(x.shape[0], self.k, dtype=torch.bool, device=x.device)
+            taps = None
+            if self.projection == "conv":
+                taps = self._conv_taps(param, math.ceil(seq / min(self.k, seq)), x.dtype)
+            return segment_weighted_mean(x, keep, min(self.k, seq), taps)
 
     def attend(
         self,
@@ -160,15 +164,11 @@ class LinformerAttention(AttentionKernel):
             if padding_mask is not None
             else torch.ones(batch, seq, dtype=torch.bool, device=q.device)
         )
-        dtype = compute_dtype(q.dtype)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            k_proj, slot_mask = self._project(
-                k.to(dtype), keep, self.proj_k
-            )  # (batch, heads, slots, head_dim)
-            v_param = self.proj_k if self.share_kv else self.proj_v
-            v_proj, _ = self._project(v.to(dtype), keep, v_param)
+        # Recomputed in backward: autograd keeps k and v (input dtype), not their fp32 copies.
+        k_proj, slot_mask = recomputed(self._project, k, keep, self.proj_k)  # (batch, heads, slots, head_dim)
+        v_proj, _ = recomputed(self._project, v, keep, self.proj_k if self.share_kv else self.proj_v)
         attn_mask = None
-        if slot_mask is not None and padding_mask is not None:
+        if padding_mask is not None and self.projection != "learned":
             # An all-padding sequence keeps slot 0 (a zero key and value) so its softmax is not 0/0.
             slot_mask = slot_mask.clone()
             slot_mask[:, 0] |= ~slot_mask.any(dim=-1)
