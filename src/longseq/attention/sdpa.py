@@ -59,9 +59,7 @@ class SDPAttention(AttentionKernel):
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         if backend != "auto" and backend not in BACKENDS:
-            raise UserError(
-                f"unknown SDPA backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}"
-            )
+            raise UserError(f"unknown SDPA backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
         if not backend_available(backend):
             raise UserError(
                 f"SDPA backend {backend!r} is not available on this machine "
