@@ -51,6 +51,10 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns (and writes) the run summary."""
     pl.seed_everything(cfg.seed, workers=True)
+    # Each run (each job of a multirun, which shares one process) starts with dynamo's caches empty:
+    # compiled kernels (flex_attention in `hybrid`) recompile per shape and grad mode, and past the
+    # recompile limit fall back to eager code with different memory and tensor metadata.
+    torch._dynamo.reset()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
