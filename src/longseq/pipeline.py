@@ -48,6 +48,17 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def attention_name(cfg: DictConfig) -> str:
+    """The ``model/attention`` choice (e.g. ``performer``), or the kernel class outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model/attention")
+        if choice:
+            return str(choice)
+    return str(cfg.model.attention._target_).rsplit(".", 1)[-1]
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns (and writes) the run summary."""
     pl.seed_everything(cfg.seed, workers=True)
@@ -96,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_acc": _metric(val, "val/acc"),
         "test_bpb": _metric(test, "test/bpb"),
         "test_unigram_bpb": _metric(test, "test/unigram_bpb"),
-        "attention": cfg.model.attention._target_.rsplit(".", 1)[-1],
+        "attention": attention_name(cfg),
         "attention_backend": attention_backends(task),
         "seq_len": int(cfg.data.seq_len),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu",
@@ -105,6 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(output_dir),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for lg in loggers:  # the backend that actually ran, next to the metrics in every tracker
+        lg.log_hyperparams({"attention_backend": summary["attention_backend"], "device": summary["device"]})
     print_summary(summary)
     return summary
 
