@@ -190,12 +190,12 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
 
     modes = ["fwd", "fwdbwd"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for ax, mode in zip(axes[:2], modes):
+    for ax, mode in zip(axes[:2], modes, strict=True):
         for mech in sorted({r["mechanism"] for r in rows}):
             pts = sorted((r["seq_len"], r["median_ms"]) for r in rows if r["mechanism"] == mech and r["mode"] == mode and r["status"] == "ok")
             if pts:
-                ax.plot(*zip(*pts), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
-        for mech, n in meta["crossover"][mode].items():
+                ax.plot(*zip(*pts, strict=True), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
+        for _mech, n in meta["crossover"][mode].items():
             if n:
                 ax.axvline(n, color="grey", lw=0.5, alpha=0.4)
         ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="median time (ms)", title=f"{mode} time")
@@ -203,7 +203,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
     for mech in sorted({r["mechanism"] for r in rows}):
         pts = sorted((r["seq_len"], r["peak_extra_mib"]) for r in rows if r["mechanism"] == mech and r["mode"] == "fwdbwd" and r["status"] == "ok")
         if pts and not all(math.isnan(p[1]) for p in pts):
-            axes[2].plot(*zip(*pts), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
+            axes[2].plot(*zip(*pts, strict=True), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
     axes[2].set(xscale="log", yscale="log", xlabel="sequence length", ylabel="peak extra memory (MiB)", title="fwd+bwd memory")
     axes[2].grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -7,12 +7,11 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from conftest import ROOT, compose, small_overrides
 from omegaconf import DictConfig
 
 from longseq.errors import UserError
 from longseq.pipeline import _instantiate_group
-
-from conftest import ROOT, compose, small_overrides
 
 CONF = ROOT / "conf"
 

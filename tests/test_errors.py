@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ASSETS, ROOT
 
 from longseq.data.fasta_datamodule import FastaDataModule
 from longseq.errors import UserError
-
-from conftest import ASSETS, ROOT
 
 
 def build(tmp_path: Path, **kw) -> FastaDataModule:

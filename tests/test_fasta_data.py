@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from Bio import SeqIO
+from conftest import ASSETS
 from torch.utils.data import DataLoader
 
 from longseq.data.fasta import ensure_index
@@ -15,8 +16,6 @@ from longseq.data.fasta_datamodule import FastaDataModule
 from longseq.data.intervals import Interval, check_disjoint, split_by_region
 from longseq.data.tokenizer import PAD, encode
 from longseq.errors import UserError
-
-from conftest import ASSETS
 
 
 def biopython_genome(path: Path) -> dict[str, str]:
@@ -119,7 +118,7 @@ def test_two_workers_return_correct_windows(tiny_fasta, tmp_path):
     subset = torch.utils.data.Subset(train, indices)
     loader = DataLoader(subset, batch_size=8, num_workers=2, shuffle=False)
     got = torch.cat([b["tokens"] for b in loader])
-    for row, index in zip(got, indices):
+    for row, index in zip(got, indices, strict=True):
         name, start = train.locate(index)
         assert torch.equal(row, encode(genome[name][start : start + 128]))
 

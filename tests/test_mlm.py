@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from longseq.attention.sdpa import SDPAttention
-from longseq.data.tokenizer import MASK, N, NUM_BASES, PAD
+from longseq.data.tokenizer import MASK, NUM_BASES, PAD, N
 from longseq.models.dna import DNAEncoder
 from longseq.tasks.mlm import IGNORE, MaskedLMTask, mask_tokens
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from Bio.Seq import Seq
 
-from longseq.data.tokenizer import MASK, N, PAD, decode, encode, reverse_complement
+from longseq.data.tokenizer import MASK, PAD, N, decode, encode, reverse_complement
 
 IUPAC = "RYKMSWBDHV"
 

@@ -7,10 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-
 from conftest import ROOT, small_overrides
 
 SUMMARY_KEYS = {"steps", "tokens_per_s", "peak_mem_mib", "val_loss", "val_bpb", "val_unigram_bpb"}

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from longseq.data.fasta import FastaReader
 from longseq.data.intervals import Interval
-from longseq.data.tokenizer import N, PAD, encode, reverse_complement
+from longseq.data.tokenizer import PAD, N, encode, reverse_complement
 
 # Multiplier of a multiplicative hash (Knuth) to jump to a far-away start when a window is mostly N.
 _PROBE_STEP = 2654435761
