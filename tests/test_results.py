@@ -149,6 +149,10 @@ def test_mechanism_falls_back_to_the_attention_class(tmp_path):
     (run / ".hydra" / "config.yaml").unlink()  # no config at all: class name from summary.json
     row = read_run(run)
     assert row["mechanism"] == "linear_elu" and row["seq_len"] == 1024 and row["d_model"] is None
+    assert row["attention_class"] == "LinearEluAttention"
+    newer = make_run(tmp_path / "c", "performer", 1024, [1.9], hydra_yaml=False, attention="performer")
+    (newer / ".hydra" / "config.yaml").unlink()  # newer summaries name the model/attention choice
+    assert read_run(newer)["mechanism"] == "performer" and read_run(newer)["attention_class"] is None
 
 
 def test_globs_and_overlapping_arguments_give_each_run_once(multirun):

@@ -246,14 +246,18 @@ def _sweep_devices(rows: Sequence[dict[str, Any]]) -> str:
     return ", ".join(devices)
 
 
-def quality_figure(rows: Sequence[dict[str, Any]], metric: str = "val_bpb") -> Figure:
-    """Validation bits per base vs window length per mechanism, with the unigram baseline.
+def _with_gain(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Rows with ``gain`` = unigram bits/base - ``metric`` (bits per base saved over the unigram model)."""
+    out = []
+    for r in rows:
+        v, u = r.get(metric), r.get("val_unigram_bpb")
+        gain = u - v if v is not None and u is not None else None
+        out.append({**r, "gain": gain})
+    return out
 
-    Several runs of one mechanism and length (seeds) are averaged; the bar spans their min..max.
-    """
-    fig = Figure(figsize=(7, 5), layout="constrained")
-    ax = fig.subplots()
-    data = _by_mechanism_length(rows, metric)
+
+def _errorbar_lines(ax: Axes, data: dict[str, dict[int, list[float]]]) -> None:
+    """One line per mechanism over lengths: mean of its runs, bar spanning their min..max."""
     for mech in sorted(data, key=lambda m: (not is_exact(m), m)):
         xs = sorted(data[mech])
         ys = [_mean(data[mech][n]) for n in xs]
@@ -261,48 +265,81 @@ def quality_figure(rows: Sequence[dict[str, Any]], metric: str = "val_bpb") -> F
         hi = [max(data[mech][n]) - y for y, n in zip(ys, xs, strict=True)]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=colour(mech),
                     ls="--" if is_exact(mech) else "-", label=mech)
-    uni = _by_mechanism_length(rows, "val_unigram_bpb")
+
+
+def _length_axis(ax: Axes, lengths: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [str(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set_xlabel("window length (bases)")
+    ax.grid(True, alpha=0.3)
+
+
+def _zero_line(ax: Axes, lw: float, label: str | None = None) -> None:
+    """The unigram baseline (gain 0), without stretching the axis when the data sit far above it."""
+    ax.autoscale_view()
+    low, high = ax.get_ylim()
+    far = low > 0 and (high - low) < 0.5 * low
+    ax.axhline(0.0, color="black", ls=":", lw=lw, label=(f"{label} (0, below the axis)" if far else label) if label else None)
+    if far:
+        ax.set_ylim(low, high)
+
+
+def quality_figure(rows: Sequence[dict[str, Any]], metric: str = "val_bpb") -> Figure:
+    """Validation bits per base vs window length per mechanism, with the unigram baseline.
+
+    Left: bits per base and the unigram (base-frequency) baseline on the same masked positions.
+    Right: the same runs as bits per base saved over that baseline (zoomed; higher is better).
+    Several runs of one mechanism and length (seeds) are averaged; the bar spans their min..max.
+    """
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    ax, ax_gain = fig.subplots(1, 2)
+    data = _by_mechanism_length(rows, metric)
+    _errorbar_lines(ax, data)
     per_len: dict[int, list[float]] = defaultdict(list)
-    for lengths in uni.values():
+    for lengths in _by_mechanism_length(rows, "val_unigram_bpb").values():
         for n, vals in lengths.items():
             per_len[n].extend(vals)
     if per_len:
         xs = sorted(per_len)
         ax.plot(xs, [_mean(per_len[n]) for n in xs], color="black", ls=":", lw=2, marker="_", ms=14,
                 label="unigram baseline")
-    ax.set_xscale("log", base=2)
     lengths = sorted({n for per in data.values() for n in per} | set(per_len))
-    ax.set_xticks(lengths, [str(n) for n in lengths])
-    ax.minorticks_off()
-    ax.set(xlabel="window length (bases)", ylabel=f"{metric.replace('_', ' ')} (bits per base, lower is better)",
-           title=f"Masked-LM quality vs length ({_sweep_devices(rows)})")
-    ax.grid(True, alpha=0.3)
+    _length_axis(ax, lengths)
+    ax.set(ylabel=f"{metric.replace('_', ' ')} (bits per base, lower is better)", title="bits per base")
     ax.legend(fontsize=8)
+    _errorbar_lines(ax_gain, _by_mechanism_length(_with_gain(rows, metric), "gain"))
+    _zero_line(ax_gain, lw=2)
+    _length_axis(ax_gain, lengths)
+    ax_gain.set(ylabel="bits per base saved over unigram (higher is better)", title="gain over the unigram baseline")
+    fig.suptitle(f"Masked-LM validation quality vs length ({_sweep_devices(rows)})")
     return fig
 
 
 def quality_throughput_figure(rows: Sequence[dict[str, Any]], metric: str = "val_bpb") -> Figure:
-    """Validation bits per base vs training throughput (tokens/s); colour = mechanism, marker = length."""
+    """Quality vs training throughput: bits per base saved over the unigram baseline vs tokens/s.
+
+    The gain is taken against the unigram baseline of the run's own length, so lengths compare
+    fairly; colour is the mechanism, marker the length.
+    """
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     lengths = sorted({r["seq_len"] for r in rows if r.get("seq_len")})
     marker = {n: _LENGTH_MARKERS[i % len(_LENGTH_MARKERS)] for i, n in enumerate(lengths)}
     seen_mech: set[str] = set()
-    for r in sorted(rows, key=lambda r: (r.get("mechanism") or "", r.get("seq_len") or 0)):
-        x, y, mech, n = r.get("tokens_per_s"), r.get(metric), r.get("mechanism"), r.get("seq_len")
+    for r in sorted(_with_gain(rows, metric), key=lambda r: (r.get("mechanism") or "", r.get("seq_len") or 0)):
+        x, y, mech, n = r.get("tokens_per_s"), r.get("gain"), r.get("mechanism"), r.get("seq_len")
         if x is None or y is None or not mech or not n or math.isnan(x) or math.isnan(y):
             continue
         ax.scatter([x], [y], marker=marker[n], s=60, color=colour(mech), edgecolors="black", linewidths=0.5,
                    label=mech if mech not in seen_mech else None, zorder=3)
         seen_mech.add(mech)
-    styles = (":", "--", "-.", (0, (1, 4)))
-    for i, n in enumerate(lengths):
+    for n in lengths:
         ax.scatter([], [], marker=marker[n], color="white", edgecolors="black", label=f"len {n}")
-        uni = [r["val_unigram_bpb"] for r in rows if r.get("seq_len") == n and r.get("val_unigram_bpb") is not None]
-        if uni:
-            ax.axhline(_mean(uni), color="black", ls=styles[i % len(styles)], lw=1, label=f"unigram, len {n}")
+    _zero_line(ax, lw=1, label="unigram baseline")
     ax.set_xscale("log")
-    ax.set(xlabel="training throughput (tokens/s)", ylabel=f"{metric.replace('_', ' ')} (bits per base)",
+    ax.set(xlabel="training throughput (tokens/s)",
+           ylabel=f"{metric.replace('_', ' ')}: bits per base saved over unigram (higher is better)",
            title=f"Quality vs throughput ({_sweep_devices(rows)})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

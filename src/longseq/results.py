@@ -239,9 +239,12 @@ def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     overrides = _read_yaml(run / ".hydra" / "overrides.yaml")
 
     target = _select(config, "model.attention._target_")
-    attention_class = target.rsplit(".", 1)[-1] if target else summary.get("attention")
-    if target is None and attention_class:
-        target = str(attention_class)
+    # summary.json's `attention` is the kernel class in older runs and the model/attention choice in
+    # newer ones; either serves when the config is missing.
+    named = str(summary["attention"]) if summary.get("attention") else None
+    attention_class = target.rsplit(".", 1)[-1] if target else named if named and named.endswith("Attention") else None
+    if target is None and named:
+        target = named
 
     def setting(key: str, summary_key: str | None = None) -> Any:
         value = _select(config, key)
