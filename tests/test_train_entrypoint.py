@@ -51,6 +51,16 @@ def test_train_writes_run_folder_and_resume_continues_the_step_count(tiny_fasta,
     ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 7
 
+    # A new run whose encoder starts from the pretraining checkpoint (heads new, step count from 0).
+    tuned = tmp_path / "tuned"
+    run_train(
+        *small_overrides(tiny_fasta, "trainer.max_steps=2", "test=false"),
+        f"init_from={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tuned}",
+    )
+    summary = json.loads((tuned / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["init_from"].endswith("last.ckpt")
+
 
 def attention_choices() -> list[str]:
     names = sorted(p.stem for p in (ROOT / "conf" / "model" / "attention").glob("*.yaml"))

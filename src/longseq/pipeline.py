@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from longseq.callbacks.speed_monitor import SpeedMonitor, attention_backends
 from longseq.errors import UserError
+from longseq.models.pretrained import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model: torch.nn.Module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    if cfg.get("init_from"):
+        loaded = load_encoder(model, cfg.init_from, model_config)
+        log.info("encoder initialised from %s (%d tensors)", cfg.init_from, len(loaded))
     task: pl.LightningModule = hydra.utils.instantiate(cfg.task, model=model, _convert_="all")
+    task.model_config = model_config  # saved into checkpoints, checked when they initialise a model
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -96,25 +102,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     speed = next((c for c in callbacks if isinstance(c, SpeedMonitor)), None)
     perf = speed.summary(task.device) if speed else {}
-    summary = {
+    summary: dict[str, Any] = {
         "steps": int(trainer.global_step),
         "tokens_per_s": perf.get("tokens_per_s"),
         "step_time_s": perf.get("step_time_s"),
         "peak_mem_mib": perf.get("peak_mem_mib"),
-        "val_loss": _metric(val, "val/loss"),
-        "val_bpb": _metric(val, "val/bpb"),
-        "val_unigram_bpb": _metric(val, "val/unigram_bpb"),
-        "val_acc": _metric(val, "val/acc"),
-        "test_bpb": _metric(test, "test/bpb"),
-        "test_unigram_bpb": _metric(test, "test/unigram_bpb"),
-        "attention": attention_name(cfg),
-        "attention_backend": attention_backends(task),
-        "seq_len": int(cfg.data.seq_len),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu",
-        "best_checkpoint": best,
-        "last_checkpoint": str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
-        "output_dir": str(output_dir),
     }
+    # Every validation/test metric of the evaluated checkpoint: "val/bpb" -> "val_bpb", ...
+    for key, value in sorted({**val, **test}.items()):
+        summary[key.replace("/", "_")] = float(value)
+    summary["comparisons"] = [
+        {"metric": m, "baseline": b, "better": better, "value": _metric({**val, **test}, m), "baseline_value": _metric({**val, **test}, b)}
+        for m, b, better in getattr(task, "comparisons", ())
+        if m in {**val, **test} and b in {**val, **test}
+    ]
+    summary.update(
+        {
+            "attention": attention_name(cfg),
+            "attention_backend": attention_backends(task),
+            "seq_len": int(cfg.data.seq_len),
+            "device": torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else "cpu",
+            "init_from": cfg.get("init_from"),
+            "best_checkpoint": best,
+            "last_checkpoint": str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
+            "output_dir": str(output_dir),
+        }
+    )
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for lg in loggers:  # the backend that actually ran, next to the metrics in every tracker
         lg.log_hyperparams({"attention_backend": summary["attention_backend"], "device": summary["device"]})
@@ -130,10 +143,11 @@ def print_summary(summary: dict[str, Any]) -> None:
             return "nan" if math.isnan(v) else f"{v:,.4f}" if abs(v) < 1000 else f"{v:,.0f}"
         return str(v)
 
-    bpb, uni = summary.get("val_bpb"), summary.get("val_unigram_bpb")
     lines = ["", "=== longseq run summary ==="]
-    lines += [f"{k:>18}: {fmt(v)}" for k, v in summary.items()]
-    if bpb is not None and uni is not None:
-        verdict = "beats" if bpb < uni else "does NOT beat"
-        lines.append(f"{'':>18}  model {bpb:.4f} bits/base {verdict} the unigram baseline {uni:.4f}")
+    lines += [f"{k:>18}: {fmt(v)}" for k, v in summary.items() if k != "comparisons"]
+    for c in summary.get("comparisons", []):
+        value, base = c["value"], c["baseline_value"]
+        wins = value < base if c["better"] == "lower" else value > base
+        verdict = "beats" if wins else "does NOT beat"
+        lines.append(f"{'':>18}  {c['metric']} = {value:.4f} {verdict} the baseline {c['baseline']} = {base:.4f}")
     print("\n".join(lines), flush=True)

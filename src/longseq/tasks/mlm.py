@@ -8,9 +8,6 @@ split's base frequency, is measured on exactly the same masked validation positi
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from longseq.data.tokenizer import MASK, NUM_BASES
-from longseq.tasks.optim import adamw, warmup_cosine
+from longseq.tasks.base import Task
 
 IGNORE = -100
 
@@ -46,8 +43,10 @@ def mask_tokens(
     return inputs, labels
 
 
-class MaskedLMTask(pl.LightningModule):
+class MaskedLMTask(Task):
     """Masked-LM on DNA tokens with a 4-way (A/C/G/T) prediction head."""
+
+    comparisons = (("val/bpb", "val/unigram_bpb", "lower"), ("test/bpb", "test/unigram_bpb", "lower"))
 
     def __init__(
         self,
@@ -61,9 +60,8 @@ class MaskedLMTask(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         eval_seed: int = 1234,
     ) -> None:
-        super().__init__()
+        super().__init__(model, lr, weight_decay, betas, warmup_steps, total_steps, min_lr_ratio)
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
         d = model.d_model
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, NUM_BASES))
         # Unigram log2-probabilities, set from the training split when fitting starts.
@@ -136,9 +134,3 @@ class MaskedLMTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_bits("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        h = self.hparams
-        opt = adamw(self, h.lr, h.weight_decay, h.betas)
-        sched = warmup_cosine(opt, h.warmup_steps, h.total_steps, h.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
