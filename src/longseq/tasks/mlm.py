@@ -8,6 +8,7 @@ split's base frequency, is measured on exactly the same masked validation positi
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
