@@ -347,9 +347,13 @@ def quality_throughput_figure(rows: Sequence[dict[str, Any]], metric: str = "val
 
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mechanism x length means: val bpb, unigram bpb, gap to unigram, tokens/s, peak memory, runs."""
+    """Mechanism x length means: val bpb, unigram bpb, gain over unigram, tokens/s, runs.
+
+    Peak memory is left out: train.py's monitor reports a per-process peak (CPU max RSS, CUDA
+    allocator peak), which in a multirun carries over from one job to the next.
+    """
     out = []
-    keys = ("val_bpb", "val_unigram_bpb", "tokens_per_s", "peak_mem_mib")
+    keys = ("val_bpb", "val_unigram_bpb", "tokens_per_s")
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("mechanism") and r.get("seq_len"):
@@ -374,7 +378,9 @@ def format_table(rows: Sequence[dict[str, Any]], floats: str = ".4g") -> str:
     def cell(v: Any) -> str:
         if v is None:
             return "-"
-        return format(v, floats) if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else format(v, floats)
+        return str(v)
 
     cells = [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
