@@ -81,3 +81,17 @@ def test_multirun_trains_every_attention_mechanism(tiny_fasta, tmp_path):
     for s in summaries:
         assert s["steps"] == 3
         assert s["val_loss"] is not None and s["val_loss"] == s["val_loss"]  # finite, not NaN
+
+
+def test_multirun_jobs_get_their_own_wandb_runs_with_mechanism_tags(tiny_fasta, tmp_path):
+    sweep = tmp_path / "wandb_sweep"
+    run_train(
+        "-m",
+        *small_overrides(tiny_fasta, "trainer.max_steps=2", "test=false"),
+        "model/attention=sdpa,linear_elu",
+        "logger=wandb",
+        f"hydra.sweep.dir={sweep}",
+    )
+    runs = [sorted((sweep / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
+    assert all(len(r) == 1 for r in runs), runs  # one W&B run per job, not job 1 logging into job 0's
+    assert runs[0][0].name != runs[1][0].name

@@ -67,6 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # compiled kernels (flex_attention in `hybrid`) recompile per shape and grad mode, and past the
     # recompile limit fall back to eager code with different memory and tensor metadata.
     torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # per run, not per process (multirun jobs share one)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
@@ -88,6 +90,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log.info("model: %.2fM parameters", sum(p.numel() for p in task.parameters()) / 1e6)
 
+    try:
+        return _fit_and_summarise(cfg, datamodule, task, trainer, callbacks, loggers, output_dir)
+    finally:
+        _finish_wandb(loggers)
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run, so the next job of a multirun starts its own (with its own group and tags)."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def _fit_and_summarise(
+    cfg: DictConfig,
+    datamodule: pl.LightningDataModule,
+    task: pl.LightningModule,
+    trainer: pl.Trainer,
+    callbacks: list[Any],
+    loggers: list[Any],
+    output_dir: Path,
+) -> dict[str, Any]:
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     ckpt_cb = trainer.checkpoint_callback
@@ -107,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "tokens_per_s": perf.get("tokens_per_s"),
         "step_time_s": perf.get("step_time_s"),
         "peak_mem_mib": perf.get("peak_mem_mib"),
+        "params": sum(p.numel() for p in task.parameters()),
     }
     # Every validation/test metric of the evaluated checkpoint: "val/bpb" -> "val_bpb", ...
     for key, value in sorted({**val, **test}.items()):

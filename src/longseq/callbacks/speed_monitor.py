@@ -2,7 +2,8 @@
 
 Tokens are counted as real (non-padding) positions of each training batch; step time is measured
 between consecutive ``on_train_batch_end`` calls, so it includes data loading (what a user waits for).
-Peak memory is the CUDA allocator's peak on GPU and the process's max RSS on CPU.
+Peak memory is the CUDA allocator's peak on GPU (reset at the start of every run) and the process's
+max RSS on CPU (which cannot be reset: in a multirun, later jobs report the peak of all jobs so far).
 """
 
 from __future__ import annotations
