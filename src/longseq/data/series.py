@@ -100,7 +100,7 @@ def open_series(
     stat = p.stat()
     key = json.dumps([str(p.resolve()), stat.st_size, stat.st_mtime_ns, kind, comment, delimiter])
     stem = Path(cache_dir) / f"{p.name}.{hashlib.sha1(key.encode()).hexdigest()[:16]}"
-    meta = stem.with_suffix(".json")
+    meta = _with(stem, ".json")
     if not meta.exists():
         with open(p, "rb") as fh:
             if kind == "parquet":
@@ -109,7 +109,7 @@ def open_series(
                 columns, rows = text_to_raw(fh, stem, delimiter or _DELIMITERS[kind], comment, name=str(p))
         _write_json(meta, {"source": str(p), "columns": columns, "rows": rows})
     info = json.loads(meta.read_text())
-    data = _map_raw(stem.with_suffix(".f32"), info["rows"], len(info["columns"]))
+    data = _map_raw(_with(stem, ".f32"), info["rows"], len(info["columns"]))
     return SeriesArray(p, data, list(info["columns"]))
 
 
@@ -127,6 +127,11 @@ def _open_npy(p: Path) -> SeriesArray:
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise UserError(f"{p} holds no samples (shape {data.shape})")
     return SeriesArray(p, data, [str(i) for i in range(data.shape[1])])
+
+
+def _with(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix`` (``Path.with_suffix`` would replace the part after a dot in the name)."""
+    return stem.parent / (stem.name + suffix)
 
 
 def _map_raw(path: Path, rows: int, cols: int) -> np.ndarray:
@@ -174,10 +179,15 @@ def _sniff_text(fh: IO[bytes], delimiter: str, comment: str, name: str) -> tuple
     return skip, [f.strip() for f in fields], len(fields), trailing
 
 
+def raw_path(stem: Path) -> Path:
+    """The float32 file that :func:`text_to_raw` writes for ``stem``."""
+    return _with(stem, ".f32")
+
+
 def text_to_raw(
     fh: IO[bytes], stem: Path, delimiter: str, comment: str = "#", name: str = "<stream>"
 ) -> tuple[list[str], int]:
-    """Stream a delimited text file (seekable binary handle) into ``stem.f32`` as float32 rows.
+    """Stream a delimited text file (seekable binary handle) into ``raw_path(stem)`` as float32 rows.
 
     A first row with any non-numeric field is a header (its names become the column names); columns
     whose first value is not a number (e.g. timestamps) are left out. Empty fields and ``nan`` become
@@ -261,7 +271,7 @@ def _write_batches(batches: Iterator[np.ndarray], stem: Path, cols: int) -> int:
             tmp.close()
             Path(tmp.name).unlink(missing_ok=True)
             raise
-    Path(tmp.name).replace(stem.with_suffix(".f32"))
+    Path(tmp.name).replace(_with(stem, ".f32"))
     return rows
 
 

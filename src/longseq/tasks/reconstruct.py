@@ -81,7 +81,7 @@ class ReconstructionTask(Task):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         self.metrics[f"{split}_mse"].update(p, t)
-        self.metrics[f"{split}_mean_mse"].update(self.train_mean.expand_as(t), t)
+        self.metrics[f"{split}_mean_mse"].update(self.train_mean.expand_as(t).contiguous(), t)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

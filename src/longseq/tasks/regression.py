@@ -86,7 +86,7 @@ class SeriesRegressionTask(Task):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         self.metrics[f"{split}_mse"].update(p, t)
-        self.metrics[f"{split}_baseline_mse"].update(self.train_mean.expand_as(t), t)
+        self.metrics[f"{split}_baseline_mse"].update(self.train_mean.expand_as(t).contiguous(), t)
         pearson = self.metrics[f"{split}_pearson"]
         if p.shape[-1] == 1:  # torchmetrics wants 1-D inputs for a single output
             p, t = p.squeeze(-1), t.squeeze(-1)
