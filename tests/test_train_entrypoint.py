@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from conftest import ROOT, small_overrides
@@ -95,3 +96,27 @@ def test_multirun_jobs_get_their_own_wandb_runs_with_mechanism_tags(tiny_fasta, 
     runs = [sorted((sweep / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
     assert all(len(r) == 1 for r in runs), runs  # one W&B run per job, not job 1 logging into job 0's
     assert runs[0][0].name != runs[1][0].name
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    with open(run / "csv" / "metrics.csv") as fh:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
+
+
+def test_resume_mid_epoch_continues_the_same_stream_and_loss_curve(tiny_fasta, tmp_path):
+    """A run checkpointed at step 3 and resumed sees the same windows, masks and losses as one that never stopped."""
+    common = small_overrides(
+        tiny_fasta, "trainer.val_check_interval=50", "test=false", "data.num_workers=1", "trainer.max_steps=6",
+        # a periodic checkpoint every 3 steps, as a long run would keep against preemption
+        "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(*common, f"hydra.run.dir={straight}")
+    step3 = straight / "checkpoints" / "best-step000003.ckpt"
+    assert step3.is_file()
+    run_train(*common, f"ckpt_path={step3}", f"hydra.run.dir={resumed}")
+    a, b = train_losses(straight), train_losses(resumed)
+    assert sorted(a) == [0, 1, 2, 3, 4, 5] and sorted(b) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step]), (step, a[step], b[step])

@@ -116,10 +116,6 @@ def _fit_and_summarise(
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and ckpt_cb.save_last and ckpt_cb.dirpath:
-        # ModelCheckpoint saves `last` only at validation/epoch ends; make it the true final state so
-        # that `ckpt_path=.../last.ckpt` resumes from the step training stopped at.
-        trainer.save_checkpoint(Path(ckpt_cb.dirpath) / "last.ckpt")
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     eval_ckpt = best or None
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0]

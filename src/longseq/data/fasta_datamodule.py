@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import sources
 from longseq.data.fasta import FastaIndex, FastaReader, ensure_index, validate_fasta
@@ -46,6 +48,7 @@ class FastaDataModule(pl.LightningDataModule):
         rc_prob: float = 0.5,
         eval_stride: int | None = None,
         pin_memory: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(seq_len, int) or seq_len <= 0:
@@ -99,7 +102,7 @@ class FastaDataModule(pl.LightningDataModule):
         else:
             self.intervals = split_by_region(lengths, h.val_fraction, h.test_fraction, min_length=1)
         by_split = {s: [iv for iv in self.intervals if iv.split == s] for s in ("train", "val", "test")}
-        train = TrainWindows(self.reader, by_split["train"], self.seq_len, h.max_n_fraction, h.rc_prob)
+        train = TrainWindows(self.reader, by_split["train"], self.seq_len, h.max_n_fraction, h.rc_prob, h.seed)
         if len(train) == 0:
             raise UserError(
                 f"no training interval is as long as data.seq_len={self.seq_len} "
@@ -124,8 +127,13 @@ class FastaDataModule(pl.LightningDataModule):
         return counts / counts.sum()
 
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        return DataLoader(
+        # Training uses torchdata's StatefulDataLoader: Lightning saves its position in every
+        # checkpoint, so `ckpt_path=last.ckpt` continues mid-epoch without repeating or skipping windows.
+        loader_cls = StatefulDataLoader if split == "train" else DataLoader
+        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        return loader_cls(
             self.datasets[split],
+            generator=generator,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,

@@ -2,7 +2,8 @@
 
 Training windows start anywhere inside the training intervals: index ``i`` of the dataset *is* the
 ``i``-th valid start position, so the sampler (shuffled, or Lightning's DistributedSampler under
-DDP) decides the order and every rank sees a disjoint, seeded share. Evaluation windows tile their
+DDP) decides the order and every rank sees a disjoint, seeded share; a window's content (strand
+included) depends only on its index, so a stateful loader can resume mid-epoch exactly. Evaluation windows tile their
 intervals with a fixed stride; the last, shorter window of an interval is padded (PAD tokens and a
 False padding mask) so that every base is scored and none twice. Windows that are mostly N are
 skipped (training: deterministically replaced by another start; evaluation: left out at set-up).
@@ -23,6 +24,14 @@ _PROBE_STEP = 2654435761
 _MAX_PROBES = 64
 
 
+def _unit_hash(seed: int, index: int) -> float:
+    """A deterministic number in [0, 1) from (seed, index) (SplitMix64 finaliser)."""
+    x = (index * 0x9E3779B97F4A7C15 + seed * 0xBF58476D1CE4E5B9 + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return ((x ^ (x >> 31)) >> 11) / float(1 << 53)
+
+
 def n_fraction(tokens: torch.Tensor) -> float:
     return float((tokens == N).float().mean()) if tokens.numel() else 1.0
 
@@ -37,11 +46,13 @@ class TrainWindows(Dataset):
         seq_len: int,
         max_n_fraction: float = 0.5,
         rc_prob: float = 0.5,
+        seed: int = 0,
     ) -> None:
         self.reader = reader
         self.seq_len = seq_len
         self.max_n_fraction = max_n_fraction
         self.rc_prob = rc_prob
+        self.seed = seed
         self.intervals = [iv for iv in intervals if iv.length >= seq_len]
         counts = np.array([iv.length - seq_len + 1 for iv in self.intervals], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -68,10 +79,15 @@ class TrainWindows(Dataset):
                 f"could not find a training window with at most {self.max_n_fraction:.0%} N after "
                 f"{_MAX_PROBES} tries; raise data.max_n_fraction or check the FASTA"
             )
-        # torch's RNG is seeded per worker by Lightning (seed_everything(workers=True)): reproducible.
-        if self.rc_prob > 0 and torch.rand(()) < self.rc_prob:
+        # The strand is a function of (seed, index), not of a worker's RNG state: the same window gets
+        # the same strand whatever the worker, rank or resume point.
+        if self.rc_prob > 0 and _unit_hash(self.seed, index) < self.rc_prob:
             tokens = reverse_complement(tokens)
-        return {"tokens": tokens, "padding_mask": torch.ones(self.seq_len, dtype=torch.bool)}
+        return {
+            "tokens": tokens,
+            "padding_mask": torch.ones(self.seq_len, dtype=torch.bool),
+            "index": torch.tensor(index),
+        }
 
 
 class EvalWindows(Dataset):
@@ -111,7 +127,7 @@ class EvalWindows(Dataset):
         tokens[: real.numel()] = real
         mask = torch.zeros(self.seq_len, dtype=torch.bool)
         mask[: real.numel()] = True
-        return {"tokens": tokens, "padding_mask": mask}
+        return {"tokens": tokens, "padding_mask": mask, "index": torch.tensor(index)}
 
 
 def count_bases(reader: FastaReader, intervals: list[Interval], max_bases: int = 20_000_000) -> np.ndarray:

@@ -7,6 +7,7 @@ split's base frequency, is measured on exactly the same masked validation positi
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -21,6 +22,12 @@ from longseq.tasks.base import Task
 IGNORE = -100
 
 
+def stable_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, identical in every process and run (unlike Python's ``hash``)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def mask_tokens(
     tokens: torch.Tensor,
     padding_mask: torch.Tensor,
@@ -30,12 +37,13 @@ def mask_tokens(
     """BERT masking of real bases: of the chosen ``mask_prob`` share, 80% MASK, 10% random base, 10% kept.
 
     Returns ``(inputs, labels)``; labels are the original base at chosen positions and ``IGNORE``
-    elsewhere. Random numbers come from ``generator`` (on CPU) so validation masks are reproducible.
+    elsewhere. Random numbers come from ``generator`` (on its device), so masks are reproducible.
     """
     shape = tokens.shape
-    u = torch.rand(shape, generator=generator).to(tokens.device)
-    action = torch.rand(shape, generator=generator).to(tokens.device)
-    random_base = torch.randint(0, NUM_BASES, shape, generator=generator).to(tokens.device)
+    device = generator.device if generator is not None else tokens.device
+    u = torch.rand(shape, generator=generator, device=device).to(tokens.device)
+    action = torch.rand(shape, generator=generator, device=device).to(tokens.device)
+    random_base = torch.randint(0, NUM_BASES, shape, generator=generator, device=device).to(tokens.device)
     scorable = padding_mask & (tokens < NUM_BASES)
     chosen = scorable & (u < mask_prob)
     labels = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE))
@@ -59,7 +67,7 @@ class MaskedLMTask(Task):
         warmup_steps: int = 100,
         total_steps: int = 1000,
         min_lr_ratio: float = 0.1,
-        eval_seed: int = 1234,
+        mask_seed: int = 1234,
     ) -> None:
         super().__init__(model, lr, weight_decay, betas, warmup_steps, total_steps, min_lr_ratio)
         self.save_hyperparameters(ignore=["model"])
@@ -91,9 +99,12 @@ class MaskedLMTask(Task):
 
     def _step(self, batch: dict[str, torch.Tensor], split: str, batch_idx: int) -> torch.Tensor:
         tokens, padding_mask = batch["tokens"], batch["padding_mask"]
-        generator = None
-        if split != "train":  # the same masks at every evaluation: comparable numbers across runs
-            generator = torch.Generator().manual_seed(self.hparams.eval_seed + batch_idx)
+        if split == "train":
+            # Seeded by (seed, step, batch): a run resumed mid-epoch masks exactly as an uninterrupted one.
+            generator = torch.Generator(device=tokens.device)
+            generator.manual_seed(stable_seed(self.hparams.mask_seed, self.global_step, batch_idx))
+        else:  # the same masks (drawn on CPU) at every evaluation, on any device: comparable numbers
+            generator = torch.Generator().manual_seed(self.hparams.mask_seed + batch_idx)
         inputs, labels = mask_tokens(tokens, padding_mask, self.hparams.mask_prob, generator)
         logits = self(inputs, padding_mask)
         chosen = labels != IGNORE
