@@ -76,6 +76,15 @@ def test_windows_equal_direct_slices_of_the_file(tmp_path):
     assert ref.shape == (240, 3)
 
 
+def test_training_order_is_seeded_and_resumable(tmp_path):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    first = [make_dm(CSV, tmp_path, channels=["ecg"], seed=s).train_dataloader() for s in (3, 3, 4)]
+    assert isinstance(first[0], StatefulDataLoader)  # Lightning stores its position in checkpoints
+    batches = [next(iter(loader))["values"] for loader in first]
+    assert torch.equal(batches[0], batches[1]) and not torch.equal(batches[0], batches[2])
+
+
 def test_evaluation_windows_score_every_sample_once_and_train_windows_stay_in_train(tmp_path):
     dm = make_dm(CSV, tmp_path, channels=["ecg"], seq_len=20, val_fraction=0.25, test_fraction=0.15)
     segs = {s: [g for g in dm.segments if g.split == s] for s in ("train", "val", "test")}

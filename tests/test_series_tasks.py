@@ -77,7 +77,7 @@ def test_reconstruction_scores_hidden_real_samples_against_the_mean_baseline():
     batch = {"values": torch.randn(4, 40, 2), "padding_mask": pad, "sample_mask": sample_mask}
     task._step(batch, "val", 0)
     mse, base = task.metrics["val_mse"].compute(), task.metrics["val_mean_mse"].compute()
-    gen = torch.Generator().manual_seed(task.hparams.eval_seed + 0)
+    gen = torch.Generator().manual_seed(task.hparams.mask_seed + 0)
     scored = mask_patches(pad, 0.5, gen).repeat_interleave(4, dim=1) & sample_mask
     assert torch.isclose(base, batch["values"][scored].pow(2).mean())  # mean 0 predicted on the same samples
     assert mse > 0

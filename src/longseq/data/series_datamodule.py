@@ -35,6 +35,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import series_sources
 from longseq.data.series import (
@@ -309,6 +310,7 @@ class SeriesDataModule(pl.LightningDataModule):
         comment: str = "#",
         delimiter: str | None = None,
         max_stat_samples: int = 20_000_000,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for key, value in (("seq_len", seq_len), ("patch_len", patch_len), ("in_channels", in_channels), ("stride", stride)):
@@ -548,8 +550,12 @@ class SeriesDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        return DataLoader(
+        # Training: a StatefulDataLoader with a seeded order, whose position Lightning stores in every
+        # checkpoint, so a resumed run continues mid-epoch (a window's content depends only on its index).
+        loader_cls = StatefulDataLoader if split == "train" else DataLoader
+        return loader_cls(
             self.datasets[split],
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,

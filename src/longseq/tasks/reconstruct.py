@@ -3,8 +3,9 @@
 A share ``mask_ratio`` of each window's real patches is hidden (their embeddings replaced by a learned
 mask vector inside the encoder) and the head predicts their samples; the loss is the MSE over the
 hidden, real samples of every input channel, in the normalised units of the data. The baseline
-predicts the training split's per-channel mean at exactly the same positions. Validation/test masks
-come from a seeded generator, so every evaluation (and every run) scores the same positions.
+predicts the training split's per-channel mean at exactly the same positions. Masks come from seeded
+generators: validation/test score the same positions in every evaluation and run, and training masks
+depend on (seed, step, batch) only, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torchmetrics import MeanSquaredError
 
 from longseq.models.patch import PatchHead
 from longseq.tasks.base import Task
+from longseq.tasks.mlm import stable_seed
 
 
 def mask_patches(padding_mask: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -40,7 +42,7 @@ class ReconstructionTask(Task):
         warmup_steps: int = 100,
         total_steps: int = 1000,
         min_lr_ratio: float = 0.1,
-        eval_seed: int = 1234,
+        mask_seed: int = 1234,
         monitor: str = "val/mse",
         monitor_mode: str = "min",
     ) -> None:
@@ -67,9 +69,10 @@ class ReconstructionTask(Task):
 
     def _step(self, batch: dict[str, torch.Tensor], split: str, batch_idx: int) -> torch.Tensor:
         values, padding_mask, sample_mask = batch["values"], batch["padding_mask"], batch["sample_mask"]
-        generator = None
-        if split != "train":
-            generator = torch.Generator().manual_seed(self.hparams.eval_seed + batch_idx)
+        if split == "train":  # seeded by (seed, step, batch): a resumed run masks as an uninterrupted one
+            generator = torch.Generator().manual_seed(stable_seed(self.hparams.mask_seed, self.global_step, batch_idx))
+        else:  # the same positions at every evaluation and in every run: comparable numbers
+            generator = torch.Generator().manual_seed(self.hparams.mask_seed + batch_idx)
         hidden = mask_patches(padding_mask, self.hparams.mask_ratio, generator)
         pred = self(values, padding_mask, hidden)
         scored = hidden.repeat_interleave(self.model.patch_len, dim=1) & sample_mask  # (batch, samples)
