@@ -23,7 +23,7 @@ from longseq.data import series_sources
 from longseq.errors import UserError
 from longseq.models.patch import PatchEmbedding, PatchHead
 from longseq.models.series import SeriesEncoder
-from longseq.pipeline import train
+from longseq.pipeline import train, user_error_in
 from longseq.tasks.classification import SeriesClassificationTask
 from longseq.tasks.reconstruct import ReconstructionTask, mask_patches
 from longseq.tasks.regression import SeriesRegressionTask
@@ -157,6 +157,10 @@ def test_real_data_configs_compose():
         assert cfg.model.max_samples == cfg.data.seq_len and cfg.model.patch_len == cfg.data.patch_len
         assert cfg.callbacks.model_checkpoint.monitor == cfg.task.monitor
     assert compose([]).callbacks.model_checkpoint.monitor == "val/bpb"  # the DNA default is unchanged
+    for overrides, message in ((["data=ecg"], "add model=series"), (["data=watch", "model=series"], "choose a series task")):
+        with pytest.raises(Exception) as info:  # noqa: B017 - Hydra wraps it; the pipeline prints the cause
+            instantiate(compose(overrides, Path("/tmp/unused")).data, _convert_="all")
+        assert message in (user_error_in(info.value) or "")
 
 
 def synthetic_recordings(tmp_path: Path) -> tuple[Path, Path]:

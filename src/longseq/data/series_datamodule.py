@@ -272,6 +272,21 @@ def read_recordings_table(path: str | Path, array_len: int, num_rows_name: str =
     return out
 
 
+def _refuse_token_companions() -> None:
+    """A clear error when a Hydra run pairs series data with the DNA model or task (the defaults)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    except Exception:  # noqa: BLE001 - outside a Hydra run there is nothing to check
+        return
+    hint = "e.g. python train.py data=ecg model=series task=reconstruct|ecg_to_resp, data=watch model=series task=classify"
+    if choices.get("model") == "dna":
+        raise UserError(f"sensor series need the patch encoder: add model=series ({hint})")
+    if choices.get("task") == "mlm":
+        raise UserError(f"masked-LM works on DNA tokens; choose a series task: task=reconstruct|ecg_to_resp|classify ({hint})")
+
+
 class SeriesDataModule(pl.LightningDataModule):
     """Windows of ``seq_len`` samples from long multichannel recordings (see the module docstring)."""
 
@@ -331,6 +346,7 @@ class SeriesDataModule(pl.LightningDataModule):
             raise UserError(f"data.rate must be a positive sampling rate in Hz, got {rate}")
         if batch_size <= 0:
             raise UserError(f"data.batch_size must be positive, got {batch_size}")
+        _refuse_token_companions()
         self.save_hyperparameters(logger=False)
         self.seq_len = seq_len
         self.patch_len = patch_len
