@@ -48,6 +48,9 @@ def test_patch_embedding_and_head_map_samples_to_tokens_and_back():
     assert per_sample(torch.randn(2, 64, 2)).shape == (2, 64, 16)
     with pytest.raises(ValueError, match="multiple of patch_len"):
         emb(torch.randn(1, 41, 2))
+    million = SeriesEncoder(1, 1 << 20, 256, sdpa(), d_model=16, n_layers=1, n_heads=2)  # 1M samples -> 4096 tokens
+    with torch.no_grad():
+        assert million(torch.randn(1, 1 << 20, 1)).shape == (1, 4096, 16)
 
 
 def test_series_encoder_ignores_padded_patches():
