@@ -64,6 +64,24 @@ def test_series_encoder_ignores_padded_patches():
     torch.testing.assert_close(a[:, :6], b[:, :6])
 
 
+@pytest.mark.parametrize("attention", sorted(p.stem for p in (ROOT / "conf" / "model" / "attention").glob("*.yaml")))
+def test_every_attention_mechanism_trains_the_series_encoder(attention):
+    if attention == "flash" and not torch.cuda.is_available():
+        pytest.skip("the FLASH backend needs a CUDA GPU")
+    cfg = compose(["data=series_file", "data.path=x.npy", "data.rate=100", "data.seq_len=2000", "data.patch_len=10",
+                   "data.in_channels=3", "model=series", f"model/attention={attention}", "model.d_model=16",
+                   "model.n_heads=4", "model.n_layers=1", *(["model.attention.window=8"] if attention == "hybrid" else [])],
+                  Path("/tmp/unused"))
+    model = instantiate(cfg.model, _convert_="all")
+    values = torch.randn(2, 2000, 3)
+    mask = torch.ones(2, 200, dtype=torch.bool)
+    mask[1, 150:] = False
+    out = model(values, mask)
+    out[mask].pow(2).mean().backward()
+    assert out.shape == (2, 200, 16) and torch.isfinite(out[mask]).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def no_log(task):
     task.log = lambda *a, **k: None
     return task
