@@ -130,6 +130,22 @@ def test_normalisation_uses_training_statistics_only(tmp_path):
     assert dm.datasets["test"][0]["values"].mean() > 100  # test data normalised with train stats: still far
 
 
+def test_several_files_are_recordings_split_in_time_each_with_pooled_train_statistics(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((500, 2)).astype(np.float32)
+    b = (3.0 * rng.standard_normal((300, 2)) + 5.0).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    dm = make_dm([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], tmp_path, channels=[0, 1], in_channels=2)
+    assert [r.name for r in dm.recordings] == ["a", "b"]
+    train = np.concatenate([a[:400], b[:240]])
+    np.testing.assert_allclose(dm.mean, train.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(dm.std, train.std(0), rtol=1e-6)
+    np.save(tmp_path / "c.npy", np.zeros((300, 3), np.float32))
+    with pytest.raises(UserError, match="different numbers of columns"):
+        make_dm([str(tmp_path / "a.npy"), str(tmp_path / "c.npy")], tmp_path)
+
+
 def write_watch_like(tmp_path: Path) -> tuple[Path, Path]:
     """12 recordings of 30-70 samples, 3 classes, 4 subjects, in one .npy plus a recordings table."""
     rng = np.random.default_rng(1)

@@ -312,11 +312,11 @@ def interpolate_nonfinite(window: np.ndarray) -> np.ndarray:
 
 def channel_stats(
     arr: SeriesArray, ranges: Sequence[tuple[int, int]], columns: Sequence[int], max_samples: int = 20_000_000
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and standard deviation of each column over ``ranges`` (finite values only, float64).
 
-    Evenly subsampled by chunks to at most ~``max_samples`` samples. Returns ``(mean, std, count)``;
-    ``count`` is the smallest number of finite samples of any column.
+    Evenly subsampled by chunks to at most ~``max_samples`` samples. Returns ``(mean, std, count)``,
+    ``count`` being each column's number of finite samples used.
     """
     cols = list(columns)
     total = sum(max(0, e - s) for s, e in ranges)
@@ -343,4 +343,4 @@ def channel_stats(
     safe_n = np.maximum(n, 1)
     mean = s1 / safe_n
     var = np.maximum(s2 / safe_n - mean**2, 0.0)
-    return mean + (shift if shift is not None else 0.0), np.sqrt(var), int(n.min()) if len(cols) else 0
+    return mean + (shift if shift is not None else 0.0), np.sqrt(var), n

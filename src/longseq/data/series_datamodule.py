@@ -527,18 +527,21 @@ class SeriesDataModule(pl.LightningDataModule):
         for g in train:
             by_array.setdefault(self.recordings[g.recording].array, []).append((g.start, g.stop))
         total = sum(e - s for ranges in by_array.values() for s, e in ranges)
-        s1, s2, n = np.zeros(n_cols), np.zeros(n_cols), 0.0
+        s1, s2, n = np.zeros(n_cols), np.zeros(n_cols), np.zeros(n_cols)
         for a, ranges in by_array.items():
             share = max(1, int(h.max_stat_samples * sum(e - s for s, e in ranges) / total))
             mean, std, count = channel_stats(self.arrays[a], ranges, columns, share)
             s1 += mean * count
             s2 += (std**2 + mean**2) * count
             n += count
-        if n == 0:
-            raise UserError("the training split has no finite sample to compute normalisation statistics from")
+        names = [*self.channel_names, *self.target_names]
+        if (n == 0).any():
+            raise UserError(
+                f"channel {names[int(np.argmax(n == 0))]} has no finite sample in the training split: "
+                f"no normalisation statistics can be computed from it"
+            )
         mean = s1 / n
         std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        names = [*self.channel_names, *self.target_names]
         for j in np.flatnonzero(std < 1e-12):
             log.warning("channel %s is constant in the training split: not scaled", names[j])
         std = np.where(std < 1e-12, 1.0, std)
