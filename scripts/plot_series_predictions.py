@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("series_predictions.png"))
     parser.add_argument("--split", choices=["val", "test"], default="test")
     parser.add_argument("--windows", type=int, default=3, help="how many windows (evenly spaced over the split)")
+    parser.add_argument("--dpi", type=int, default=110)
     args = parser.parse_args()
 
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
@@ -65,7 +66,7 @@ def main() -> None:
     fig.suptitle(f"{args.run.name}: {args.split} windows ({cfg.data.get('source') or cfg.data.get('path')})", fontsize=9)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=args.dpi)
     print(args.out)
 
 
