@@ -246,7 +246,7 @@ class SeriesWindows(Dataset):
         return item
 
 
-def read_recordings_table(path: str | Path, array_len: int, num_rows_name: str = "") -> list[Recording]:
+def read_recordings_table(path: str | Path, array_len: int, file_label: str = "") -> list[Recording]:
     """Recordings listed in a CSV table with ``start, stop`` and optional ``name, label, group`` columns."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -264,7 +264,7 @@ def read_recordings_table(path: str | Path, array_len: int, num_rows_name: str =
             raise UserError(f"{p} line {line}: start, stop and label must be integers ({exc})") from exc
         if not 0 <= start < stop <= array_len:
             raise UserError(
-                f"{p} line {line}: rows [{start}, {stop}) are not inside the recording file{num_rows_name} "
+                f"{p} line {line}: rows [{start}, {stop}) are not inside the recording file{file_label} "
                 f"({array_len} samples)"
             )
         name = row.get("name") or f"rec{line - 2}"
