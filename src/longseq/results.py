@@ -277,6 +277,10 @@ def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "attention_class": attention_class,
         "overrides": " ".join(str(o) for o in overrides) if overrides is not None else None,
     }
+    # Any other task's metrics (val_mse, test_pearson, val_baseline_mse, ...) as extra columns.
+    for key, value in summary.items():
+        if key.startswith(("val_", "test_")) and key not in row and isinstance(value, int | float):
+            row[key] = float(value)
     return _typed(row)
 
 
