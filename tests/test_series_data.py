@@ -56,6 +56,18 @@ def test_every_format_reads_the_same_numbers(tmp_path):
     assert np.asarray(tsv.data)[1].tolist() == [1, 1, 0, 507, 565]
 
 
+def test_a_pickled_series_maps_the_file_again_instead_of_copying_it(tmp_path):
+    import pickle
+
+    np.save(tmp_path / "rec.npy", csv_values())
+    for arr in (open_series(tmp_path / "rec.npy"), open_series(CSV, cache_dir=tmp_path)):
+        blob = pickle.dumps(arr)
+        assert len(blob) < 1000  # names only, not the 240 x 3 values
+        back = pickle.loads(blob)
+        assert isinstance(back.data, np.memmap) and back.columns == arr.columns
+        np.testing.assert_array_equal(np.asarray(back.data), np.asarray(arr.data))
+
+
 def test_windows_equal_direct_slices_of_the_file(tmp_path):
     ref = csv_values()
     for path in (CSV, OPENSIGNALS):

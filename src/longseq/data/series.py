@@ -33,14 +33,37 @@ _CHUNK = 1 << 20  # samples per chunk when scanning or converting
 
 @dataclass
 class SeriesArray:
-    """A recording file as a ``(samples, columns)`` array (memory-mapped) with column names."""
+    """A recording file as a ``(samples, columns)`` array (memory-mapped) with column names.
+
+    ``mapped`` is the file actually mapped (the ``.npy`` itself, or the float32 cache of a text or
+    Parquet file). Pickling (DataLoader workers under the ``spawn`` start method) sends only these
+    names and the worker maps the file again, instead of copying the whole array.
+    """
 
     path: Path
     data: np.ndarray
     columns: list[str]
+    mapped: Path | None = None
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.mapped is not None:
+            state["data"] = (tuple(self.data.shape), self.data.dtype.str)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("mapped") is not None:
+            shape, dtype = state["data"]
+            mapped = state["mapped"]
+            if mapped.suffix == ".npy":
+                data = np.load(mapped, mmap_mode="r", allow_pickle=False)
+                state["data"] = data.reshape(shape)
+            else:
+                state["data"] = _map_raw(mapped, shape[0], shape[1]) if shape[0] else np.zeros(shape, dtype)
+        self.__dict__.update(state)
 
     def column_indices(self, spec: Sequence[str | int] | None, key: str = "data.channels") -> list[int]:
         """Indices of the columns named (or numbered) in ``spec``; ``None`` means every column."""
@@ -110,7 +133,7 @@ def open_series(
         _write_json(meta, {"source": str(p), "columns": columns, "rows": rows})
     info = json.loads(meta.read_text())
     data = _map_raw(_with(stem, ".f32"), info["rows"], len(info["columns"]))
-    return SeriesArray(p, data, list(info["columns"]))
+    return SeriesArray(p, data, list(info["columns"]), _with(stem, ".f32") if info["rows"] else None)
 
 
 def _open_npy(p: Path) -> SeriesArray:
@@ -126,7 +149,7 @@ def _open_npy(p: Path) -> SeriesArray:
         raise UserError(f"{p} must be a (samples, channels) or (samples,) array, found shape {data.shape}")
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise UserError(f"{p} holds no samples (shape {data.shape})")
-    return SeriesArray(p, data, [str(i) for i in range(data.shape[1])])
+    return SeriesArray(p, data, [str(i) for i in range(data.shape[1])], p)
 
 
 def _with(stem: Path, suffix: str) -> Path:
