@@ -94,7 +94,7 @@ def test_callbacks_and_task_instantiate(tmp_path, tiny_fasta):
 @pytest.mark.parametrize("name", choices("experiment") + [f"debug/{d}" for d in choices("debug")])
 def test_experiment_and_debug_configs_compose(name, tmp_path, tiny_fasta):
     override = f"debug={name.split('/')[1]}" if name.startswith("debug/") else f"experiment={name}"
-    cfg = compose([override, f"data.fasta={tiny_fasta}"], output_dir=tmp_path)
+    cfg = compose([override, f"++data.fasta={tiny_fasta}"], output_dir=tmp_path)
     assert isinstance(cfg, DictConfig)
     hydra.utils.instantiate(cfg.model, _convert_="all")
 
