@@ -76,6 +76,20 @@ def test_reverse_complement_averaging_is_strand_symmetric():
     assert torch.allclose(p.sum(-1), torch.ones(2, 64))
 
 
+@pytest.mark.parametrize("head", ["conv", "mlp"])
+def test_padding_never_reaches_real_bases(head):
+    t = task(head=head, head_kernel=5, head_dilations=[1, 4]).eval()
+    tokens = torch.randint(0, 4, (1, 64))
+    mask = torch.ones(1, 64, dtype=torch.bool)
+    mask[0, 40:] = False
+    other = tokens.clone()
+    other[0, 40:] = (other[0, 40:] + 1) % 4  # different content under the padding
+    with torch.no_grad():
+        torch.testing.assert_close(t(tokens, mask)[0, :40], t(other, mask)[0, :40])
+    with pytest.raises(UserError, match="positive odd number"):
+        task(head_kernel=4)
+
+
 def annotate_overrides(tmp_path, *extra: str) -> list[str]:
     other = tmp_path / "sp2.fa"
     other.write_bytes((ASSETS / "tiny.fa").read_bytes())
@@ -103,7 +117,8 @@ def test_fine_tune_from_an_mlm_checkpoint(tiny_fasta, tmp_path):
     state = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     encoder = [k for k in state if k.startswith("model.")]
     assert encoder and all(torch.equal(state[k], pre_state[k]) for k in encoder)
-    assert not torch.equal(state["head.0.weight"], pre_state["head.0.weight"])  # a new head, not the MLM one
+    heads = [k for k in state if k.startswith("head.")]  # new heads, nothing taken from the MLM head
+    assert heads and not any(k in pre_state and torch.equal(state[k], pre_state[k]) for k in heads)
 
     written = json.loads((out / "summary.json").read_text())
     assert written["init_from"] == ckpt
