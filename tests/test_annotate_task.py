@@ -60,6 +60,20 @@ def test_multilabel_metrics():
     assert r["test/baseline_auprc_gene"] == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize(("how", "power"), [("balanced", 1.0), ("sqrt", 0.5)])
+def test_class_weights_from_training_frequencies(how, power):
+    from types import SimpleNamespace
+
+    freq = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    t = task(class_weights=how)
+    t._trainer = SimpleNamespace(datamodule=SimpleNamespace(class_frequencies=lambda: freq.numpy()))
+    t.setup("fit")
+    assert torch.equal(t.train_freq, freq)
+    w = t.loss_weight
+    torch.testing.assert_close((w * freq).sum(), torch.tensor(1.0))  # the mean weight per base stays 1
+    torch.testing.assert_close(w[3] / w[0], (freq[0] / freq[3]) ** power)
+
+
 def test_reverse_complement_averaging_is_strand_symmetric():
     t = task(rc_tta=True).eval()
     tokens = torch.randint(0, 4, (2, 64))

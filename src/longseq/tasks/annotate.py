@@ -120,8 +120,8 @@ class AnnotateTask(Task):
         monitor_mode: str = "max",
     ) -> None:
         super().__init__(model, lr, weight_decay, betas, warmup_steps, total_steps, min_lr_ratio)
-        if class_weights not in (None, "balanced"):
-            raise UserError(f"task.class_weights must be null or balanced, got {class_weights!r}")
+        if class_weights not in (None, "balanced", "sqrt"):
+            raise UserError(f"task.class_weights must be null, balanced or sqrt, got {class_weights!r}")
         self.mode, self.class_names = label_spec(labels)
         self.save_hyperparameters(ignore=["model"])
         d = model.d_model
@@ -190,11 +190,14 @@ class AnnotateTask(Task):
         if stage == "fit" and hasattr(dm, "class_frequencies"):
             freq = torch.as_tensor(dm.class_frequencies(), dtype=torch.float32)
             self.train_freq.copy_(freq)
-            if self.hparams.class_weights == "balanced":
-                if self.mode == "multiclass":  # inverse frequency, mean weight over bases = 1
-                    w = 1.0 / (len(freq) * freq.clamp_min(1e-4))
-                else:  # BCE pos_weight: negatives per positive
-                    w = (1 - freq) / freq.clamp_min(1e-4)
+            if self.hparams.class_weights:
+                # balanced: inverse frequency; sqrt: its square root (a milder push toward rare classes).
+                power = 1.0 if self.hparams.class_weights == "balanced" else 0.5
+                f = freq.clamp_min(1e-4)
+                if self.mode == "multiclass":  # normalised so that the mean weight over bases is 1
+                    w = f.pow(-power) / (f * f.pow(-power)).sum()
+                else:  # BCE pos_weight: (negatives per positive) ** power
+                    w = ((1 - f) / f).pow(power)
                 self.loss_weight.copy_(w.clamp(max=1e3))
 
     # -- model -----------------------------------------------------------------------------------
