@@ -11,11 +11,15 @@ import pytest
 import torch
 from conftest import ASSETS, ROOT, compose, small_overrides
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from longseq.errors import UserError
 from longseq.models.dna import DNAEncoder
 from longseq.pipeline import train
 from longseq.tasks.annotate import AnnotateTask
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import plot_annotation  # noqa: E402
 
 SDPA = {"_target_": "longseq.attention.sdpa.SDPAttention", "_partial_": True}
 
@@ -127,7 +131,8 @@ def test_fine_tune_from_an_mlm_checkpoint(tiny_fasta, tmp_path):
 
     # lr=0: the fine-tuned encoder must still be exactly the pretrained one; the heads are new.
     out = tmp_path / "tuned"
-    summary = train(compose(annotate_overrides(tmp_path, f"init_from={ckpt}", "task.lr=0", "task.rc_tta=true"), out))
+    cfg = compose(annotate_overrides(tmp_path, f"init_from={ckpt}", "task.lr=0", "task.rc_tta=true"), out)
+    summary = train(cfg)
     state = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     encoder = [k for k in state if k.startswith("model.")]
     assert encoder and all(torch.equal(state[k], pre_state[k]) for k in encoder)
@@ -140,6 +145,14 @@ def test_fine_tune_from_an_mlm_checkpoint(tiny_fasta, tmp_path):
     assert {"val/auprc_macro", "test_sp2/auprc_macro", "test_sp2/f1_macro", "test_sp2/auroc_macro"} <= compared
     assert written["test_sp2_bases"] == 21500  # every base of the cross-genome FASTA, none dropped
     assert written["test_sp2_baseline_auroc_macro"] == 0.5
+
+    # scripts/plot_annotation.py draws both figures from this run folder (as train.py leaves it).
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    assert plot_annotation.groups_and_classes(written) == (["test", "test_sp2"], ["CDS", "exon", "intergenic", "intron"])
+    assert len(plot_annotation.metrics_figure(written).axes) == 2
+    track = plot_annotation.track_figure(out, written, windows=1)
+    assert len(track.axes) == 1 and len(track.axes[0].lines) == 4  # one probability line per class
 
     with pytest.raises(UserError, match="trained with attention SDPAttention, this model uses LinearEluAttention"):
         train(compose(annotate_overrides(tmp_path, f"init_from={ckpt}", "model/attention=linear_elu"), tmp_path / "bad"))
