@@ -31,11 +31,16 @@ class AttentionKernel(nn.Module):
     """Base class: subclasses implement :meth:`attend`; :meth:`forward` checks the contract first.
 
     Class attributes tell tests and benchmarks what a kernel is:
-    ``exact`` (computes softmax attention exactly) and ``quadratic`` (cost grows with ``seq**2``).
+    ``exact`` (computes softmax attention exactly), ``quadratic`` (cost grows with ``seq**2``) and
+    ``supports_sequence_parallel``.
     """
 
     exact: bool = False
     quadratic: bool = False
+    #: Whether the kernel can split one sequence over ranks (:mod:`longseq.attention.sequence_parallel`),
+    #: and the group it does so in (set by ``sequence_parallel.enable``; None = the whole sequence is here).
+    supports_sequence_parallel: bool = False
+    sequence_parallel = None
 
     def __init__(self, head_dim: int, max_seq_len: int, layer_idx: int = 0) -> None:
         super().__init__()

@@ -52,6 +52,7 @@ class CosformerAttention(AttentionKernel):
 
     exact = False
     quadratic = False
+    supports_sequence_parallel = True  # positions are global: the core passes shard offset + index
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class CosformerAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        seq = q.shape[-2]
+        seq = q.shape[-2] * (self.sequence_parallel.size if self.sequence_parallel is not None else 1)
         if seq > self.horizon:
             raise UserError(
                 f"cosFormer got a sequence of {seq} tokens but its re-weighting horizon M is {self.horizon} "
@@ -96,5 +97,6 @@ class CosformerAttention(AttentionKernel):
             )
         features = functools.partial(cos_reweighted_features, horizon=self.horizon)
         return chunked_linear_attention(
-            q, k, v, padding_mask, features, features, self.chunk_size, self.recompute
+            q, k, v, padding_mask, features, features, self.chunk_size, self.recompute,
+            sequence_parallel=self.sequence_parallel,
         )

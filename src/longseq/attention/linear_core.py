@@ -29,10 +29,13 @@ the plain whole-sequence form (a reference; the oracles compare it with the quad
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from longseq.attention.sequence_parallel import SequenceParallel
 
 T = TypeVar("T")
 
@@ -159,15 +162,22 @@ def chunked_linear_attention(
     key_features: FeatureMap,
     chunk_size: int,
     recompute: bool = True,
+    sequence_parallel: SequenceParallel | None = None,
 ) -> torch.Tensor:
     """Normalised linear attention over chunks of ``chunk_size`` tokens; same result as
     :func:`linear_attention` on the whole sequence (up to summation order).
 
     ``q, k, v`` (batch, heads, seq, head_dim) in any dtype; returns q's shape and dtype. With
-    ``recompute`` every chunk's features are rebuilt in backward instead of being stored.
+    ``recompute`` every chunk's features are rebuilt in backward instead of being stored. With
+    ``sequence_parallel`` the inputs are this rank's shard of a longer sequence: the count is global,
+    feature maps get global positions, and the state is all-reduced between the two stages.
     """
     seq = q.shape[-2]
     count = real_token_count(padding_mask, seq, compute_dtype(q.dtype))
+    offset = 0  # global index of the first token here (sequence parallelism)
+    if sequence_parallel is not None:
+        count = sequence_parallel.global_count(padding_mask, q, compute_dtype(q.dtype))
+        offset = sequence_parallel.offset(seq)
 
     def run(fn: Callable[..., T], *args: object) -> T:
         return recomputed(fn, *args) if recompute else fn(*args)
@@ -177,11 +187,13 @@ def chunked_linear_attention(
         stop = start + chunk_size
         mask = None if padding_mask is None else padding_mask[:, start:stop]
         s_c, z_c = run(
-            _chunk_sums, key_features, start, k[..., start:stop, :], v[..., start:stop, :], mask, count
+            _chunk_sums, key_features, offset + start, k[..., start:stop, :], v[..., start:stop, :], mask, count
         )
         s, z = (s_c, z_c) if s is None else (s + s_c, z + z_c)
+    if sequence_parallel is not None:  # the shards' states -> the whole sequence's (differentiable)
+        s, z = sequence_parallel.all_reduce_state(s, z)
     outs = [
-        run(_chunk_readout, query_features, start, q[..., start : start + chunk_size, :], s, z)
+        run(_chunk_readout, query_features, offset + start, q[..., start : start + chunk_size, :], s, z)
         for start in range(0, seq, chunk_size)
     ]
     return torch.cat(outs, dim=-2)  # (batch, heads, seq, head_dim)

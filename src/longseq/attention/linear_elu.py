@@ -41,6 +41,7 @@ class LinearEluAttention(AttentionKernel):
 
     exact = False
     quadratic = False
+    supports_sequence_parallel = True
 
     def __init__(
         self,
@@ -69,5 +70,6 @@ class LinearEluAttention(AttentionKernel):
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         return chunked_linear_attention(
-            q, k, v, padding_mask, _elu_features, _elu_features, self.chunk_size, self.recompute
+            q, k, v, padding_mask, _elu_features, _elu_features, self.chunk_size, self.recompute,
+            sequence_parallel=self.sequence_parallel,
         )

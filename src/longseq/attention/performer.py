@@ -171,6 +171,7 @@ class PerformerAttention(AttentionKernel):
 
     exact = False
     quadratic = False
+    supports_sequence_parallel = True
 
     def __init__(
         self,
@@ -276,4 +277,7 @@ class PerformerAttention(AttentionKernel):
         key_features = functools.partial(
             _key_features, projection=projection, key_max=key_max, kernel=self.kernel, eps=self.eps
         )
-        return chunked_linear_attention(q, k, v, padding_mask, query_features, key_features, self.chunk_size)
+        return chunked_linear_attention(
+            q, k, v, padding_mask, query_features, key_features, self.chunk_size,
+            sequence_parallel=self.sequence_parallel,
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from longseq.attention.sequence_parallel import check_supported
+from longseq.errors import UserError
 from longseq.models.encoder import Encoder, KernelFactory
 
 
@@ -23,6 +25,7 @@ class DNAEncoder(nn.Module):
         dropout: float = 0.0,
         rotary: bool = True,
         checkpoint_layers: bool = False,
+        sequence_parallel: int = 1,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -31,6 +34,17 @@ class DNAEncoder(nn.Module):
         self.encoder = Encoder(
             d_model, n_layers, n_heads, attention, max_seq_len, mlp_ratio, dropout, rotary, checkpoint_layers
         )
+        # Ranks that split one sequence (longseq.attention.sequence_parallel); the training run joins
+        # them into groups once the processes exist. Checked here, so a bad config fails at start-up.
+        if not isinstance(sequence_parallel, int) or sequence_parallel < 1:
+            raise UserError(f"model.sequence_parallel must be a positive integer, got {sequence_parallel!r}")
+        if max_seq_len % sequence_parallel:
+            raise UserError(
+                f"model.sequence_parallel={sequence_parallel} must divide the sequence length "
+                f"data.seq_len={max_seq_len} (every rank holds an equal shard)"
+            )
+        check_supported(self, sequence_parallel)
+        self.sequence_parallel_size = sequence_parallel
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if tokens.dim() != 2:

@@ -79,6 +79,11 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """A stack of :class:`EncoderLayer` over ``(batch, seq, d_model)`` embeddings, with a final norm."""
 
+    # Sequence parallelism (longseq.attention.sequence_parallel): x is one shard of a longer
+    # sequence, so rotary positions start at the shard's global offset.
+    supports_sequence_parallel = True
+    sequence_parallel = None
+
     def __init__(
         self,
         d_model: int,
@@ -103,7 +108,8 @@ class Encoder(nn.Module):
         self.checkpoint_layers = checkpoint_layers
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        rope = self.rotary(x.shape[1], x.device) if self.rotary is not None else None
+        offset = self.sequence_parallel.offset(x.shape[1]) if self.sequence_parallel is not None else 0
+        rope = self.rotary(x.shape[1], x.device, offset) if self.rotary is not None else None
         for layer in self.layers:
             if self.checkpoint_layers and self.training:
                 # Recompute activations in backward: memory per layer O(seq * d_model) instead of O(depth * ...).

@@ -20,8 +20,10 @@ class RotaryEmbedding(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for positions ``offset .. offset + seq_len - 1`` (a sequence-parallel shard starts
+        at its global offset)."""
+        pos = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         angles = torch.outer(pos, self.inv_freq.to(device))  # (seq, head_dim/2)
         return angles.cos(), angles.sin()
 

@@ -16,6 +16,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from longseq.attention.sequence_parallel import SequenceParallel
+from longseq.attention.sequence_parallel import enable as enable_sequence_parallel
 from longseq.data.tokenizer import MASK, NUM_BASES
 from longseq.tasks.base import Task
 
@@ -33,17 +35,25 @@ def mask_tokens(
     padding_mask: torch.Tensor,
     mask_prob: float,
     generator: torch.Generator | None = None,
+    window: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of real bases: of the chosen ``mask_prob`` share, 80% MASK, 10% random base, 10% kept.
 
     Returns ``(inputs, labels)``; labels are the original base at chosen positions and ``IGNORE``
     elsewhere. Random numbers come from ``generator`` (on its device), so masks are reproducible.
+    ``window = (offset, full_len)``: ``tokens`` are columns ``offset ..`` of a ``full_len`` sequence
+    (a sequence-parallel shard); the random numbers are drawn for the whole sequence and sliced, so
+    the shards together are masked exactly as the whole sequence would be.
     """
-    shape = tokens.shape
+    shape = tokens.shape if window is None else (tokens.shape[0], window[1])
     device = generator.device if generator is not None else tokens.device
-    u = torch.rand(shape, generator=generator, device=device).to(tokens.device)
-    action = torch.rand(shape, generator=generator, device=device).to(tokens.device)
-    random_base = torch.randint(0, NUM_BASES, shape, generator=generator, device=device).to(tokens.device)
+
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        return (x if window is None else x[:, window[0] : window[0] + tokens.shape[1]]).to(tokens.device)
+
+    u = draw(torch.rand(shape, generator=generator, device=device))
+    action = draw(torch.rand(shape, generator=generator, device=device))
+    random_base = draw(torch.randint(0, NUM_BASES, shape, generator=generator, device=device))
     scorable = padding_mask & (tokens < NUM_BASES)
     chosen = scorable & (u < mask_prob)
     labels = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE))
@@ -56,6 +66,10 @@ class MaskedLMTask(Task):
     """Masked-LM on DNA tokens with a 4-way (A/C/G/T) prediction head."""
 
     comparisons = (("val/bpb", "val/unigram_bpb", "lower"), ("test/bpb", "test/unigram_bpb", "lower"))
+    #: Trains with one sequence split over ranks (longseq.attention.sequence_parallel): masks are drawn
+    #: for the whole sequence, the loss is divided by the group's count of masked bases.
+    supports_sequence_parallel = True
+    sequence_parallel = None
 
     def __init__(
         self,
@@ -97,6 +111,21 @@ class MaskedLMTask(Task):
         """Logits over A/C/G/T, ``(batch, seq, 4)``."""
         return self.head(self.model(tokens, padding_mask))
 
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Batches are this rank's shard of each window from now on (see the module docstring)."""
+        enable_sequence_parallel(self.model, sp)
+        self.sequence_parallel = sp
+
+    def _sequence_parallel_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, chosen: torch.Tensor, sp: SequenceParallel
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's share of the window's loss, the window's loss): sum of this shard's losses over
+        the group's count of masked bases; the shares add up to the single-process mean."""
+        n_global = sp.all_reduce_sum(chosen.sum().to(torch.float64)).clamp_min(1)
+        loss_sum = F.cross_entropy(logits[chosen].to(torch.promote_types(logits.dtype, torch.float32)), labels[chosen], reduction="sum")
+        share = loss_sum / n_global.to(loss_sum.dtype)
+        return share, sp.all_reduce_sum(share)
+
     def _step(self, batch: dict[str, torch.Tensor], split: str, batch_idx: int) -> torch.Tensor:
         tokens, padding_mask = batch["tokens"], batch["padding_mask"]
         if split == "train":
@@ -105,14 +134,27 @@ class MaskedLMTask(Task):
             generator.manual_seed(stable_seed(self.hparams.mask_seed, self.global_step, batch_idx))
         else:  # the same masks (drawn on CPU) at every evaluation, on any device: comparable numbers
             generator = torch.Generator().manual_seed(self.hparams.mask_seed + batch_idx)
-        inputs, labels = mask_tokens(tokens, padding_mask, self.hparams.mask_prob, generator)
+        sp = self.sequence_parallel
+        window = None if sp is None else (sp.offset(tokens.shape[1]), tokens.shape[1] * sp.size)
+        inputs, labels = mask_tokens(tokens, padding_mask, self.hparams.mask_prob, generator, window)
         logits = self(inputs, padding_mask)
         chosen = labels != IGNORE
         n = int(chosen.sum())
+        if sp is not None and split == "train":
+            share, loss = self._sequence_parallel_loss(logits, labels, chosen, sp)
+            self.last_train_loss = loss
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/bpb", loss / math.log(2))
+            # DDP averages gradients over every rank, but the group's ranks hold parts of ONE window,
+            # whose gradient is the SUM of theirs: scale by the group size.
+            return share * sp.size
+        # Evaluation needs no collective here, also under sequence parallelism: the metrics are
+        # weighted by each rank's masked count and summed over all ranks when they compute.
         if n == 0:  # possible for a tiny, mostly-padded window: contribute nothing, keep the graph
             return logits.sum() * 0.0
-        loss = F.cross_entropy(logits[chosen].float(), labels[chosen])
+        loss = F.cross_entropy(logits[chosen].to(torch.promote_types(logits.dtype, torch.float32)), labels[chosen])
         if split == "train":
+            self.last_train_loss = loss.detach()
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/bpb", loss.detach() / math.log(2))
             return loss
