@@ -24,6 +24,7 @@ import torch
 
 from longseq.attention.base import AttentionKernel
 from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
+from longseq.attention.triton_linear import FeatureSpec, check_impl, resolve_impl, unsupported_reason
 from longseq.errors import UserError
 
 
@@ -48,7 +49,8 @@ def cos_reweighted_features(
 class CosformerAttention(AttentionKernel):
     """cosFormer; ``horizon`` is the re-weighting length M (None: ``max_seq_len``); ``chunk_size``
     tokens per chunk; ``recompute`` rebuilds each chunk's fp32 features in backward instead of storing
-    them (autograd keeps only q, k, v)."""
+    them (autograd keeps only q, k, v); ``impl``: ``auto`` (fused Triton kernels on CUDA, else
+    PyTorch), ``triton`` or ``torch`` (chunk_size and recompute apply to the PyTorch path)."""
 
     exact = False
     quadratic = False
@@ -62,6 +64,7 @@ class CosformerAttention(AttentionKernel):
         horizon: int | None = None,
         chunk_size: int = 65536,
         recompute: bool = True,
+        impl: str = "auto",
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         horizon = max_seq_len if horizon is None else int(horizon)
@@ -77,9 +80,11 @@ class CosformerAttention(AttentionKernel):
         self.horizon = horizon
         self.chunk_size = chunk_size
         self.recompute = recompute
+        self.impl = check_impl(impl, "cosformer")
+        self.last_backend = "none"  # "triton" or "torch" once forward ran (logged as the attention backend)
 
     def extra_repr(self) -> str:
-        return f"horizon={self.horizon}, chunk_size={self.chunk_size}, recompute={self.recompute}"
+        return f"horizon={self.horizon}, chunk_size={self.chunk_size}, recompute={self.recompute}, impl={self.impl}"
 
     def attend(
         self,
@@ -96,7 +101,9 @@ class CosformerAttention(AttentionKernel):
                 f"least {seq}"
             )
         features = functools.partial(cos_reweighted_features, horizon=self.horizon)
+        self.last_backend = resolve_impl(self.impl, q, unsupported_reason("cos", q.shape[-1]), "cosformer")
+        fused = FeatureSpec("cos", horizon=self.horizon) if self.last_backend == "triton" else None
         return chunked_linear_attention(
             q, k, v, padding_mask, features, features, self.chunk_size, self.recompute,
-            sequence_parallel=self.sequence_parallel,
+            sequence_parallel=self.sequence_parallel, fused=fused,
         )

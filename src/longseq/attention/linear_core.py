@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from longseq.attention.sequence_parallel import SequenceParallel
+    from longseq.attention.triton_linear import FeatureSpec
 
 T = TypeVar("T")
 
@@ -158,11 +159,12 @@ def chunked_linear_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     padding_mask: torch.Tensor | None,
-    query_features: FeatureMap,
-    key_features: FeatureMap,
+    query_features: FeatureMap | None,
+    key_features: FeatureMap | None,
     chunk_size: int,
     recompute: bool = True,
     sequence_parallel: SequenceParallel | None = None,
+    fused: FeatureSpec | None = None,
 ) -> torch.Tensor:
     """Normalised linear attention over chunks of ``chunk_size`` tokens; same result as
     :func:`linear_attention` on the whole sequence (up to summation order).
@@ -170,7 +172,10 @@ def chunked_linear_attention(
     ``q, k, v`` (batch, heads, seq, head_dim) in any dtype; returns q's shape and dtype. With
     ``recompute`` every chunk's features are rebuilt in backward instead of being stored. With
     ``sequence_parallel`` the inputs are this rank's shard of a longer sequence: the count is global,
-    feature maps get global positions, and the state is all-reduced between the two stages.
+    feature maps get global positions, and the state is all-reduced between the two stages. With
+    ``fused`` (a :class:`~longseq.attention.triton_linear.FeatureSpec`) both stages run as the fused
+    Triton kernels of :mod:`longseq.attention.triton_linear` instead, and the feature-map callables
+    are not used (they may be None).
     """
     seq = q.shape[-2]
     count = real_token_count(padding_mask, seq, compute_dtype(q.dtype))
@@ -181,6 +186,14 @@ def chunked_linear_attention(
 
     def run(fn: Callable[..., T], *args: object) -> T:
         return recomputed(fn, *args) if recompute else fn(*args)
+
+    if fused is not None:  # same two stages, features built inside the Triton kernels
+        from longseq.attention.triton_linear import fused_readout, fused_state
+
+        s, z = fused_state(k, v, padding_mask, count, fused, offset=offset)
+        if sequence_parallel is not None:
+            s, z = sequence_parallel.all_reduce_state(s, z)
+        return fused_readout(q, s, z, fused, offset=offset)
 
     s = z = None
     for start in range(0, seq, chunk_size):

@@ -11,6 +11,7 @@ import torch
 
 from longseq.attention.base import AttentionKernel
 from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
+from longseq.attention.triton_linear import FeatureSpec, check_impl, resolve_impl, unsupported_reason
 from longseq.errors import UserError
 
 
@@ -36,7 +37,8 @@ class LinearEluAttention(AttentionKernel):
 
     ``chunk_size``: tokens per chunk of the accumulation and read-out; ``recompute``: rebuild each
     chunk's fp32 features in backward instead of storing them (autograd then keeps only q, k, v; about
-    one extra forward of compute).
+    one extra forward of compute); ``impl``: ``auto`` (fused Triton kernels on CUDA, else PyTorch),
+    ``triton`` or ``torch`` (chunk_size and recompute apply to the PyTorch path).
     """
 
     exact = False
@@ -50,6 +52,7 @@ class LinearEluAttention(AttentionKernel):
         layer_idx: int = 0,
         chunk_size: int = 65536,
         recompute: bool = True,
+        impl: str = "auto",
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         if chunk_size <= 0:
@@ -58,9 +61,11 @@ class LinearEluAttention(AttentionKernel):
             )
         self.chunk_size = chunk_size
         self.recompute = recompute
+        self.impl = check_impl(impl, "linear_elu")
+        self.last_backend = "none"  # "triton" or "torch" once forward ran (logged as the attention backend)
 
     def extra_repr(self) -> str:
-        return f"chunk_size={self.chunk_size}, recompute={self.recompute}"
+        return f"chunk_size={self.chunk_size}, recompute={self.recompute}, impl={self.impl}"
 
     def attend(
         self,
@@ -69,7 +74,9 @@ class LinearEluAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        self.last_backend = resolve_impl(self.impl, q, unsupported_reason("elu", q.shape[-1]), "linear_elu")
+        fused = FeatureSpec("elu") if self.last_backend == "triton" else None
         return chunked_linear_attention(
             q, k, v, padding_mask, _elu_features, _elu_features, self.chunk_size, self.recompute,
-            sequence_parallel=self.sequence_parallel,
+            sequence_parallel=self.sequence_parallel, fused=fused,
         )

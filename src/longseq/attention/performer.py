@@ -41,6 +41,7 @@ import torch
 
 from longseq.attention.base import AttentionKernel
 from longseq.attention.linear_core import chunked_linear_attention, compute_dtype
+from longseq.attention.triton_linear import FeatureSpec, check_impl, resolve_impl, unsupported_reason
 from longseq.errors import UserError
 
 KERNELS = ("softmax_pos", "softmax_hyp", "relu")
@@ -166,7 +167,9 @@ class PerformerAttention(AttentionKernel):
 
     Options: ``num_features`` (m, the feature dimension), ``kernel`` (``softmax_pos``, ``softmax_hyp``,
     ``relu``), ``orthogonal`` (orthogonal random rows), ``seed`` (run seed for the feature draws),
-    ``eps`` (added after exp), ``chunk_size`` (tokens per recomputed chunk).
+    ``eps`` (added after exp), ``chunk_size`` (tokens per recomputed chunk of the PyTorch path),
+    ``impl`` (``auto``: the fused Triton kernels of :mod:`longseq.attention.triton_linear` on CUDA for
+    softmax_pos/softmax_hyp, else PyTorch; ``triton``; ``torch``).
     """
 
     exact = False
@@ -184,6 +187,7 @@ class PerformerAttention(AttentionKernel):
         seed: int = 0,
         eps: float = 1e-6,
         chunk_size: int = 16384,
+        impl: str = "auto",
     ) -> None:
         super().__init__(head_dim, max_seq_len, layer_idx)
         if kernel not in KERNELS:
@@ -209,6 +213,8 @@ class PerformerAttention(AttentionKernel):
         self.orthogonal = orthogonal
         self.eps = eps
         self.chunk_size = chunk_size
+        self.impl = check_impl(impl, "performer")
+        self.last_backend = "none"  # "triton" or "torch" once forward ran (logged as the attention backend)
         self.num_rows = num_features // 2 if kernel == "softmax_hyp" else num_features
         # Optional MAX all-reduce of the key stabiliser, (batch, heads) -> (batch, heads), for
         # sequence parallelism; every rank must subtract the same key max for the ratio to cancel.
@@ -221,7 +227,7 @@ class PerformerAttention(AttentionKernel):
     def extra_repr(self) -> str:
         return (
             f"num_features={self.num_features}, kernel={self.kernel}, orthogonal={self.orthogonal}, "
-            f"eps={self.eps}, layer_idx={self.layer_idx}"
+            f"eps={self.eps}, layer_idx={self.layer_idx}, impl={self.impl}"
         )
 
     @torch.no_grad()
@@ -269,6 +275,20 @@ class PerformerAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        unsupported = (
+            "kernel relu" if self.kernel == "relu" else unsupported_reason("favor", q.shape[-1], self.num_features)
+        )
+        self.last_backend = resolve_impl(self.impl, q, unsupported, "performer")
+        if self.last_backend == "triton":
+            # Stabilisers, eps and recomputation are inside the kernels (key max: online per chunk).
+            spec = FeatureSpec(
+                "favor", projection=self.projection, hyperbolic=self.kernel == "softmax_hyp", eps=self.eps,
+                key_max_reduce=self.key_stabiliser_reduce,
+            )
+            return chunked_linear_attention(
+                q, k, v, padding_mask, None, None, self.chunk_size,
+                sequence_parallel=self.sequence_parallel, fused=spec,
+            )
         projection = self.projection.to(compute_dtype(q.dtype))
         key_max = self._key_max(k, padding_mask, projection)
         query_features = functools.partial(

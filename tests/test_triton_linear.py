@@ -1,0 +1,188 @@
+"""The fused Triton linear-attention kernels against the PyTorch path (the reference).
+
+On CPU the kernels run in Triton's interpreter: ``TRITON_INTERPRET=1`` must be set before ``triton``
+is imported, so the comparisons run in one subprocess (this file run as a script) that prints the
+relative errors of every case as JSON; the tests then check them. Small sizes, fp32, fresh random
+inputs; forward and the gradients of q, k, v; with and without padding (an all-padding row too),
+non-power-of-two lengths and feature counts, several sequence chunks (the partial-state combine and
+the online key stabiliser). On a GPU (marker ``gpu``) the same comparisons run compiled, in fp32
+and bf16 at longer lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+triton = pytest.importorskip("triton")
+
+# (name, mechanism, options, batch, heads, seq, head_dim, masked)
+CASES = [
+    ("elu", "linear_elu", {}, 2, 2, 150, 16, False),
+    ("elu_mask", "linear_elu", {}, 2, 2, 150, 32, True),
+    ("cos", "cosformer", {"horizon": 400}, 1, 3, 97, 16, False),
+    ("cos_mask", "cosformer", {}, 2, 2, 130, 16, True),
+    ("favor_pos", "performer", {"num_features": 32}, 2, 2, 150, 16, False),
+    ("favor_pos_mask", "performer", {"num_features": 48, "eps": 1e-3}, 2, 2, 150, 16, True),
+    ("favor_hyp_mask", "performer", {"num_features": 80, "kernel": "softmax_hyp"}, 2, 1, 77, 32, True),
+]
+CHUNK = 64  # tokens per chunk of the sequence reductions in the interpreter: several chunks per case
+
+
+def build(mechanism: str, options: dict, impl: str, head_dim: int, seq: int) -> torch.nn.Module:
+    from longseq.attention.cosformer import CosformerAttention
+    from longseq.attention.linear_elu import LinearEluAttention
+    from longseq.attention.performer import PerformerAttention
+
+    cls = {"linear_elu": LinearEluAttention, "cosformer": CosformerAttention, "performer": PerformerAttention}
+    return cls[mechanism](head_dim=head_dim, max_seq_len=seq, impl=impl, **options)
+
+
+def inputs(batch: int, heads: int, seq: int, head_dim: int, masked: bool, seed: int, device: str, dtype):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v, go = (torch.randn(batch, heads, seq, head_dim, generator=gen) for _ in range(4))
+    mask = None
+    if masked:
+        mask = torch.rand(batch, seq, generator=gen) > 0.3
+        mask[0, -seq // 3 :] = False  # a padded tail
+        if batch > 1:
+            mask[-1] = False  # and a row with no real token at all
+    to = {"device": device, "dtype": dtype}
+    q, k, v = (x.to(**to).requires_grad_() for x in (q, k, v))
+    return q, k, v, go.to(**to), None if mask is None else mask.to(device)
+
+
+def relative_errors(case: tuple, device: str, dtype, seed: int, chunk_tokens: int | None) -> list[float]:
+    """max|triton − torch| / max|torch| for the output and the gradients of q, k, v."""
+    from longseq.attention import triton_linear
+
+    _, mechanism, options, batch, heads, seq, head_dim, masked = case
+    q, k, v, go, mask = inputs(batch, heads, seq, head_dim, masked, seed, device, dtype)
+    ref_kernel = build(mechanism, options, "torch", head_dim, seq).to(device)
+    fused_kernel = build(mechanism, options, "triton", head_dim, seq).to(device)
+    # The reference in fp32 (fp64 on CPU) from the same inputs: what the fused path must approach.
+    ref_dtype = torch.float64 if device == "cpu" else torch.float32
+    qr, kr, vr = (x.detach().to(ref_dtype).requires_grad_() for x in (q, k, v))
+    ref = ref_kernel(qr, kr, vr, mask)
+    ref_grads = torch.autograd.grad(ref, (qr, kr, vr), go.to(ref_dtype))
+    old = triton_linear.DEFAULT_CHUNK_TOKENS
+    triton_linear.DEFAULT_CHUNK_TOKENS = chunk_tokens
+    try:
+        out = fused_kernel(q, k, v, mask)
+        grads = torch.autograd.grad(out, (q, k, v), go)
+    finally:
+        triton_linear.DEFAULT_CHUNK_TOKENS = old
+    assert fused_kernel.last_backend == "triton" and ref_kernel.last_backend == "torch"
+    pairs = [(out, ref), *zip(grads, ref_grads, strict=True)]
+    return [float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)) for a, b in pairs]
+
+
+def sharded_error(device: str) -> float:
+    """FAVOR+ state over two sequence shards (the key max MAX-reduced, the states summed, as sequence
+    parallelism does) against the whole sequence, masked; relative error of the output."""
+    from longseq.attention import triton_linear as tlin
+    from longseq.attention.linear_core import real_token_count
+
+    q, k, v, _, mask = inputs(2, 2, 160, 16, True, 7, device, torch.float32)
+    mask[0, :90] = False  # the first shard of row 0 is all padding: its max must not count
+    proj = build("performer", {"num_features": 32}, "torch", 16, 160).projection.to(device)
+    count = real_token_count(mask, 160, torch.float32)
+    whole = tlin.FeatureSpec("favor", projection=proj, eps=1e-3)
+    s, z = tlin.fused_state(k, v, mask, count, whole, chunk_tokens=CHUNK)
+    expected = tlin.fused_readout(q, s, z, whole, chunk_tokens=CHUNK)
+    halves = [slice(0, 80), slice(80, 160)]
+    maxima = [tlin._StateFn.apply(k[:, :, h], v[:, :, h], mask[:, h], whole, CHUNK, 0)[3] for h in halves]
+    global_max = torch.maximum(*maxima)
+    spec = tlin.FeatureSpec("favor", projection=proj, eps=1e-3, key_max_reduce=lambda m: global_max)
+    states = [tlin.fused_state(k[:, :, h], v[:, :, h], mask[:, h], count, spec, chunk_tokens=CHUNK) for h in halves]
+    s2, z2 = states[0][0] + states[1][0], states[0][1] + states[1][1]
+    got = torch.cat([tlin.fused_readout(q[:, :, h], s2, z2, spec, chunk_tokens=CHUNK) for h in halves], dim=2)
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+def interpreter_results() -> dict:
+    errors = {case[0]: relative_errors(case, "cpu", torch.float32, 1, CHUNK) for case in CASES}
+    errors["sharded"] = [sharded_error("cpu")]
+    return errors
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_interpreter_matches_torch(interpreted, name):
+    # fp32 kernels (IEEE dots) against the fp64 reference: only summation order differs.
+    out_err, *grad_errs = interpreted[name]
+    assert out_err < 1e-5, f"{name}: forward relative error {out_err:.2e}"
+    for which, err in zip("qkv", grad_errs, strict=True):
+        assert err < 1e-5, f"{name}: d{which} relative error {err:.2e}"
+
+
+def test_interpreter_sharded_state_with_key_max_reduce(interpreted):
+    assert interpreted["sharded"][0] < 1e-5
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    from longseq.errors import UserError
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernel = build("linear_elu", {}, "triton", 16, 32)
+    q = torch.randn(1, 1, 32, 16)
+    with pytest.raises(UserError, match="TRITON_INTERPRET=1"):
+        kernel(q, q, q)
+    auto = build("performer", {"num_features": 32}, "auto", 16, 32)
+    auto(q, q, q)
+    assert auto.last_backend == "torch"
+
+
+def test_bad_impl_and_unsupported_cases_are_clear_errors():
+    from longseq.attention import triton_linear
+    from longseq.errors import UserError
+
+    with pytest.raises(UserError, match="impl"):
+        build("cosformer", {}, "cuda", 16, 32)
+    assert triton_linear.unsupported_reason("elu", 24) is not None
+    assert triton_linear.unsupported_reason("favor", 64, 40) is not None
+    assert triton_linear.unsupported_reason("favor", 64, 48) is None
+
+
+GPU_CASES = [
+    ("elu", "linear_elu", {}, 2, 4, 4113, 64, True),
+    ("cos", "cosformer", {}, 1, 4, 5000, 64, True),
+    ("favor_pos", "performer", {"num_features": 256}, 2, 4, 4113, 64, True),
+    ("favor_hyp", "performer", {"num_features": 128, "kernel": "softmax_hyp"}, 1, 8, 3000, 32, False),
+    ("elu_128", "linear_elu", {}, 1, 2, 2049, 128, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
+def test_gpu_matches_torch(case, dtype):
+    errors = relative_errors(case, "cuda", dtype, 3, None)
+    # fp32: IEEE dots, only summation order differs. bf16: inputs, feature tiles and states are
+    # rounded to bf16 as tensor-core operands (3 significant digits), accumulation in fp32.
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert max(errors) < tol, f"{case[0]} {dtype}: relative errors out/dq/dk/dv {errors}"
+
+
+if __name__ == "__main__":
+    # Interpreter run (TRITON_INTERPRET=1 set by the fixture before triton is imported).
+    sys.path.insert(0, str(ROOT / "src"))
+    torch.set_num_threads(1)
+    print(json.dumps(interpreter_results()))
