@@ -7,6 +7,12 @@ memory, the SDPA backend that actually ran, TFLOP/s for exact attention (4·B·H
 backward) and, for linear kernels, the fraction of the memory-bandwidth floor (each of q, k, v, o
 read/written once forward; q, k, v, o, dO read and dq, dk, dv written once backward).
 
+Linear kernels with an ``impl`` option (performer, linear_elu, cosformer) run once per ``--impls``
+entry, named ``<mechanism>-<impl>`` (``-triton``: the fused kernels of
+``longseq.attention.triton_linear``; ``-torch``: the chunked PyTorch path); the ``backend_ran``
+column records what actually ran. ``beyond_io_mib`` is the peak extra memory minus the tensors every
+implementation must hold (the output, and with the backward the gradients of q, k, v).
+
 A method that runs out of memory or past ``--budget-s`` at one length is recorded as such and not
 run at longer lengths. Writes ``<out>/bench_attention.csv``, ``.json`` (device, versions,
 settings, crossover lengths) and ``.png``.
@@ -40,8 +46,9 @@ RERUN_CAP_S = 5.0  # a warmed call longer than this is measured once, not repeat
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def kernel_configs(names: list[str] | None, device: str) -> dict[str, dict]:
-    """Name -> attention config: every YAML in conf/model/attention, plus `sdpa-<backend>` variants."""
+def kernel_configs(names: list[str] | None, device: str, impls: list[str] | None = None) -> dict[str, dict]:
+    """Name -> attention config: every YAML in conf/model/attention, plus `sdpa-<backend>` variants and
+    `<name>-<impl>` variants of the kernels with an ``impl`` option."""
     configs: dict[str, dict] = {}
     for path in sorted((ROOT / "conf" / "model" / "attention").glob("*.yaml")):
         cfg = OmegaConf.to_container(OmegaConf.merge({"seed": 0}, {"a": OmegaConf.load(path)}), resolve=True)["a"]
@@ -49,6 +56,9 @@ def kernel_configs(names: list[str] | None, device: str) -> dict[str, dict]:
             for backend in EXACT_BACKENDS if device == "cuda" else ("math",):
                 configs[f"sdpa-{backend}"] = {**cfg, "backend": backend}
             configs["sdpa-auto"] = cfg
+        elif "impl" in cfg and impls:
+            for impl in impls:
+                configs[f"{path.stem}-{impl}"] = {**cfg, "impl": impl}
         elif path.stem != "flash":  # flash == sdpa-flash
             configs[path.stem] = cfg
     if names:
@@ -145,7 +155,7 @@ def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str, warm: bo
     row = {
         "mechanism": name, "mode": mode, "seq_len": n, "batch": b, "heads": h, "head_dim": d, "dtype": args.dtype,
         "median_ms": seconds * 1e3, "reps": reps, "peak_extra_mib": peak,
-        "backend_ran": getattr(kernel, "last_backend", "-"), "status": "ok",
+        "backend_ran": backends_ran(kernel), "status": "ok",
     }
     elem = torch.finfo(dtype).bits // 8
     tensor_bytes = b * h * n * d * elem
@@ -156,7 +166,15 @@ def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str, warm: bo
         moved = tensor_bytes * (4 if mode == "fwd" else 4 + 8)  # fwd: q,k,v,o; bwd: q,k,v,o,dO,dq,dk,dv
         row["floor_ms"] = moved / args.bandwidth * 1e3
         row["floor_fraction"] = row["floor_ms"] / row["median_ms"]
+    if device == "cuda":
+        row["beyond_io_mib"] = peak - tensor_bytes * (1 if mode == "fwd" else 4) / 2**20
     return row
+
+
+def backends_ran(kernel: torch.nn.Module) -> str:
+    """``last_backend`` of the kernel and its nested kernels (hybrid's global heads), or ``-``."""
+    names = sorted({m.last_backend for m in kernel.modules() if hasattr(m, "last_backend")})
+    return ",".join(names) if names else "-"
 
 
 def crossovers(rows: list[dict], mode: str) -> dict[str, int | None]:
@@ -195,7 +213,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
             pts = sorted((r["seq_len"], r["median_ms"]) for r in rows if r["mechanism"] == mech and r["mode"] == mode and r["status"] == "ok")
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", ls="--" if mech.startswith("sdpa") else "-", label=mech)
-        for _mech, n in meta["crossover"][mode].items():
+        for _mech, n in meta["crossover"].get(mode, {}).items():
             if n:
                 ax.axvline(n, color="grey", lw=0.5, alpha=0.4)
         ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="median time (ms)", title=f"{mode} time")
@@ -227,6 +245,8 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=15.0, help="skip longer lengths once one call takes longer")
     p.add_argument("--target-s", type=float, default=1.0, help="time spent on repetitions per point")
     p.add_argument("--max-reps", type=int, default=50)
+    p.add_argument("--impls", default="", help="comma list of impl variants for linear kernels "
+                   "(default: triton,torch on CUDA, torch on CPU)")
     p.add_argument("--out", default="results/bench_attention_cpu")
     args = p.parse_args()
     device = args.device
@@ -237,7 +257,8 @@ def main() -> None:
     default_lengths = [2**i for i in range(10, 21)] if device == "cuda" else [256, 512, 1024, 2048, 4096, 8192]
     lengths = [int(x) for x in args.lengths.split(",") if x] or default_lengths
     modes = [m for m in args.modes.split(",") if m]
-    configs = kernel_configs([m for m in args.mechanisms.split(",") if m], device)
+    impls = [i for i in args.impls.split(",") if i] or (["triton", "torch"] if device == "cuda" else ["torch"])
+    configs = kernel_configs([m for m in args.mechanisms.split(",") if m], device, impls)
     args.bandwidth = memory_bandwidth(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
