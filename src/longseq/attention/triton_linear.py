@@ -64,19 +64,21 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl = None
     HAVE_TRITON = False
 
+def interpreter_on() -> bool:
+    """Whether Triton's CPU interpreter was requested (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 IMPLS = ("auto", "triton", "torch")
 FEATURE_KINDS = {"favor": 0, "elu": 1, "cos": 2}
 HEAD_DIMS = (16, 32, 64, 128)
-BLOCK_N = 64  # tokens per tile
+# Tokens per tile are autotuned (64 or 128); chunks of the sequence reductions are whole tiles of
+# the largest size. The interpreter uses one small configuration.
+CHUNK_ALIGN = 64 if interpreter_on() else 128
 NEG_BIG = -1.0e30  # "minus infinity" that stays finite, so exp(a − b) of two of them is 1, not NaN
 # Tokens per chunk of the sequence reductions when a call does not say; None = enough chunks to fill
 # the device. Tests set it to force several chunks at small sizes.
 DEFAULT_CHUNK_TOKENS: int | None = None
-
-
-def interpreter_on() -> bool:
-    """Whether Triton's CPU interpreter was requested (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,18 @@ if HAVE_TRITON:
     _FLOOR = tl.constexpr(DENOMINATOR_FLOOR)
     _NEG = tl.constexpr(NEG_BIG)
 
+    def _configs() -> list:
+        if interpreter_on():
+            return [triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=1)]
+        return [
+            triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bn in (64, 128) for w in (4, 8) for st in (2, 3)
+        ]
+
+    # Tuned per (length, sizes, feature map); every kernel overwrites its whole output, so the trial
+    # runs of the tuner leave nothing behind.
+    _tuned = triton.autotune(configs=_configs(), key=["N", "D", "M", "FEAT"])
+
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
         # fp32 operands (tests, fp32 training) keep full precision; bf16/fp16 go to the tensor cores.
@@ -218,6 +232,7 @@ if HAVE_TRITON:
             weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
             return dphi * tl.where(xf > 0, weight[:, None], 0.0), tl.zeros_like(tl.sum(dphi, axis=1))
 
+    @_tuned
     @triton.jit
     def _state_fwd_kernel(
         K, V, MASK, W,
@@ -273,6 +288,7 @@ if HAVE_TRITON:
         if fb == 0:
             tl.store(VS_part + part * D + cols, vacc)
 
+    @_tuned
     @triton.jit
     def _state_bwd_kernel(
         K, V, MASK, W, KMAX, DS, DZ, DVS, DK, DV,
@@ -334,6 +350,7 @@ if HAVE_TRITON:
             return tl.exp(pre - m_row[:, None])
         return pre
 
+    @_tuned
     @triton.jit
     def _readout_fwd_kernel(
         Q, W, S, Z, SCOL, ZSUM, OUT, DEN, MROW,
@@ -392,6 +409,7 @@ if HAVE_TRITON:
         dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o.to(tl.float32), axis=1) / den_c)
         return dnum, dden
 
+    @_tuned
     @triton.jit
     def _readout_bwd_dq_kernel(
         Q, W, S, Z, G, OUT, DEN, MROW, DQ,
@@ -430,6 +448,7 @@ if HAVE_TRITON:
         tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
                  mask=inside[:, None])
 
+    @_tuned
     @triton.jit
     def _readout_bwd_dstate_kernel(
         Q, W, G, OUT, DEN, MROW, DS_part, DZ_part,
@@ -508,15 +527,15 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
 
 
 def _num_chunks(n: int, programs_per_chunk: int, device: torch.device, chunk_tokens: int | None) -> tuple[int, int]:
-    """Chunk length (a multiple of BLOCK_N) and count for the sequence-reduction kernels: enough
+    """Chunk length (a multiple of every tile size) and count for the sequence-reduction kernels: enough
     programs to fill the GPU several times over, never fewer than one tile per chunk."""
     if chunk_tokens is None:
         chunk_tokens = DEFAULT_CHUNK_TOKENS
     if chunk_tokens is None:
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        chunks = max(1, min(math.ceil(target / programs_per_chunk), math.ceil(n / BLOCK_N)))
+        chunks = max(1, min(math.ceil(target / programs_per_chunk), math.ceil(n / CHUNK_ALIGN)))
         chunk_tokens = math.ceil(n / chunks)
-    chunk_len = max(BLOCK_N, math.ceil(chunk_tokens / BLOCK_N) * BLOCK_N)
+    chunk_len = max(CHUNK_ALIGN, math.ceil(chunk_tokens / CHUNK_ALIGN) * CHUNK_ALIGN)
     return chunk_len, math.ceil(n / chunk_len)
 
 
@@ -527,10 +546,6 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int]:
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     # Views such as the encoder's q/k/v split keep a unit last stride: no copy needed.
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _num_warps(plan: _Plan, d: int) -> int:
-    return 8 if plan.block_m * d >= 64 * 128 else 4
 
 
 class _StateFn(torch.autograd.Function):
@@ -554,7 +569,7 @@ class _StateFn(torch.autograd.Function):
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
             heads, n, chunk_len, chunks, plan.half_norm_scale, plan.angle_scale, offset,
             FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m,
-            BLOCK_N=BLOCK_N, IEEE=plan.ieee, num_warps=_num_warps(plan, d),
+            IEEE=plan.ieee,
         )
         if plan.feat == 0:
             key_max = m_part.amax(dim=(1, 2))  # (bh,)
@@ -586,13 +601,13 @@ class _StateFn(torch.autograd.Function):
 
         dk = torch.empty(batch, heads, n, d, device=k.device, dtype=k.dtype)
         dv = torch.empty(batch, heads, n, d, device=v.device, dtype=v.dtype)
-        _state_bwd_kernel[(triton.cdiv(n, BLOCK_N), bh)](
+        _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
             k, v, mask if mask is not None else k, plan.w, key_max, flat(ds, plan.m, d), flat(dz, plan.m),
             flat(dvs, d), dk, dv,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
             heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset,
             FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m,
-            BLOCK_N=BLOCK_N, IEEE=plan.ieee, num_warps=_num_warps(plan, d),
+            IEEE=plan.ieee,
         )
         return dk, dv, None, None, None, None
 
@@ -612,11 +627,10 @@ class _ReadoutFn(torch.autograd.Function):
         out = torch.empty(batch, heads, n, d, device=q.device, dtype=q.dtype)
         den = torch.empty(bh, n, device=q.device, dtype=torch.float32)
         m_row = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-        _readout_fwd_kernel[(triton.cdiv(n, BLOCK_N), bh)](
+        _readout_fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
             q, plan.w, s, z, scol.contiguous(), zsum.contiguous(), out, den, m_row,
             *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, offset, plan.eps, plan.c,
-            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, BLOCK_N=BLOCK_N, IEEE=plan.ieee,
-            num_warps=_num_warps(plan, d),
+            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
         ctx.save_for_backward(q, s, z, out, den, m_row)
         ctx.plan, ctx.chunk_tokens, ctx.offset = plan, chunk_tokens, offset
@@ -631,13 +645,11 @@ class _ReadoutFn(torch.autograd.Function):
         bh = batch * heads
         g = g.contiguous()
         nfb = plan.m // plan.block_m
-        warps = _num_warps(plan, d)
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        _readout_bwd_dq_kernel[(triton.cdiv(n, BLOCK_N), bh)](
+        _readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
             q, plan.w, s, z, g, out, den, m_row, dq,
             *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.c,
-            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, BLOCK_N=BLOCK_N, IEEE=plan.ieee,
-            num_warps=warps,
+            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
         chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
         ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
@@ -646,8 +658,7 @@ class _ReadoutFn(torch.autograd.Function):
             q, plan.w, g, out, den, m_row, ds_part, dz_part,
             *_strides(q), heads, n, chunk_len, chunks,
             plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.eps, plan.c,
-            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, BLOCK_N=BLOCK_N, IEEE=plan.ieee,
-            num_warps=warps,
+            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
         ds = ds_part.sum(dim=1).view(ctx.s_shape)
         dz = dz_part.sum(dim=1).view(ctx.z_shape)
