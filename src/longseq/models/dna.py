@@ -26,13 +26,15 @@ class DNAEncoder(nn.Module):
         rotary: bool = True,
         checkpoint_layers: bool = False,
         sequence_parallel: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.embed = nn.Embedding(vocab_size, d_model)
         self.encoder = Encoder(
-            d_model, n_layers, n_heads, attention, max_seq_len, mlp_ratio, dropout, rotary, checkpoint_layers
+            d_model, n_layers, n_heads, attention, max_seq_len, mlp_ratio, dropout, rotary, checkpoint_layers,
+            compile=compile,
         )
         # Ranks that split one sequence (longseq.attention.sequence_parallel); the training run joins
         # them into groups once the processes exist. Checked here, so a bad config fails at start-up.

@@ -41,8 +41,16 @@ class MultiHeadAttention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.n_heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = self.kernel(q, k, v, padding_mask)  # (batch, heads, seq, head_dim)
+        out = self._attend(q, k, v, padding_mask)  # (batch, heads, seq, head_dim)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
+
+    @torch.compiler.disable
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Kept out of torch.compile graphs (a graph break when the layer is compiled): the kernels are
+        # already fused (Triton, cuDNN, compiled flex) and switch backends on data-dependent checks.
+        return self.kernel(q, k, v, padding_mask)
 
 
 class EncoderLayer(nn.Module):
@@ -95,6 +103,7 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         rotary: bool = True,
         checkpoint_layers: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if n_layers <= 0 or n_heads <= 0 or d_model <= 0:
@@ -106,6 +115,13 @@ class Encoder(nn.Module):
         self.rotary = RotaryEmbedding(d_model // n_heads) if rotary else None
         self.norm = nn.LayerNorm(d_model)
         self.checkpoint_layers = checkpoint_layers
+        self.compile_layers = compile
+        if compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager
+            # model. Each layer compiles once (norms, projections, rotary, MLP fused by inductor); the
+            # attention kernel runs between the compiled graphs.
+            for layer in self.layers:
+                layer.compile(dynamic=False)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         offset = self.sequence_parallel.offset(x.shape[1]) if self.sequence_parallel is not None else 0

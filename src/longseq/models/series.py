@@ -30,6 +30,7 @@ class SeriesEncoder(nn.Module):
         dropout: float = 0.0,
         rotary: bool = True,
         checkpoint_layers: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if max_samples % patch_len:
@@ -42,7 +43,8 @@ class SeriesEncoder(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(d_model))
         nn.init.normal_(self.mask_embedding, std=0.02)
         self.encoder = Encoder(
-            d_model, n_layers, n_heads, attention, max_samples // patch_len, mlp_ratio, dropout, rotary, checkpoint_layers
+            d_model, n_layers, n_heads, attention, max_samples // patch_len, mlp_ratio, dropout, rotary, checkpoint_layers,
+            compile=compile,
         )
 
     def forward(
