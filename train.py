@@ -4,6 +4,7 @@ Examples:
     python train.py                                   # MLM on D. melanogaster chr4, CPU, ~10 min
     python train.py model/attention=performer data.seq_len=4096 trainer=gpu logger=wandb
     python train.py -m model/attention=sdpa,linear_elu,performer   # a multirun sweep
+    python train.py trainer=ddp trainer.devices=4 global_batch_size=64   # DDP (README "Multi-GPU")
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ os.environ.setdefault("LONGSEQ_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from longseq.parallel import launcher_overrides  # noqa: E402
 from longseq.pipeline import train, user_error_in  # noqa: E402
 
 
@@ -34,4 +36,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # ranks of one DDP job (torchrun, SLURM, Lightning's launcher) share one run folder
+        sys.argv += launcher_overrides(sys.argv[1:], os.environ)
+    except Exception as exc:
+        print(f"error: {user_error_in(exc) or exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

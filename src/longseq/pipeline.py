@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from longseq import parallel
 from longseq.callbacks.speed_monitor import SpeedMonitor, attention_backends
 from longseq.errors import UserError
 from longseq.models.pretrained import load_encoder
@@ -85,13 +86,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Processes, sequence-parallel groups, global batch -> gradient accumulation (longseq.parallel).
+    layout = parallel.configure(cfg, trainer, datamodule, task)
 
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log.info("model: %.2fM parameters", sum(p.numel() for p in task.parameters()) / 1e6)
 
     try:
-        return _fit_and_summarise(cfg, datamodule, task, trainer, callbacks, loggers, output_dir)
+        return _fit_and_summarise(cfg, datamodule, task, trainer, callbacks, loggers, output_dir, layout)
     finally:
         _finish_wandb(loggers)
 
@@ -112,6 +115,7 @@ def _fit_and_summarise(
     callbacks: list[Any],
     loggers: list[Any],
     output_dir: Path,
+    layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
@@ -144,12 +148,15 @@ def _fit_and_summarise(
             "attention_backend": attention_backends(task),
             "seq_len": int(cfg.data.seq_len),
             "device": torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else "cpu",
+            **(layout or {}),
             "init_from": cfg.get("init_from"),
             "best_checkpoint": best,
             "last_checkpoint": str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
             "output_dir": str(output_dir),
         }
     )
+    if not trainer.is_global_zero:  # under DDP: one summary, written by rank 0
+        return summary
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for lg in loggers:  # the backend that actually ran, next to the metrics in every tracker
         lg.log_hyperparams({"attention_backend": summary["attention_backend"], "device": summary["device"]})

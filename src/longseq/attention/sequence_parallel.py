@@ -19,7 +19,8 @@ local again. What else must be global:
   the detached shard maxima (every rank must subtract the same value for it to cancel in the ratio).
 
 Gradients flow through the state all-reduce: the backward of a SUM all-reduce is a SUM all-reduce of
-the incoming gradients (``torch.distributed.nn.functional.all_reduce``), so rank ``r``'s keys and
+the incoming gradients (:func:`differentiable_all_reduce`; ``torch.distributed.nn.functional.all_reduce``
+does the same but is deprecated from torch 2.13 on), so rank ``r``'s keys and
 values receive the gradient of *every* rank's queries. Each rank's parameter gradient is then its
 share of the gradient of the sum of the ranks' losses: summing the ranks' gradients (not averaging
 them) gives the single-process gradient. Under DDP, which averages over all ``world`` ranks, the
@@ -41,6 +42,29 @@ from torch import nn
 from longseq.errors import UserError
 
 SUPPORTED = "linear_elu, performer, cosformer"
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``y = Σ_ranks x``; backward: ``dx = Σ_ranks dy`` (each rank's ``y`` feeds that rank's loss, and
+    the total loss is the sum over ranks, so every ``x`` gets the sum of all ranks' gradients)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        ctx.group = group
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def differentiable_all_reduce(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """SUM all-reduce through which gradients flow (their SUM all-reduce in backward)."""
+    return _AllReduceSum.apply(x, group)
 
 
 @dataclass(frozen=True)
@@ -73,10 +97,8 @@ class SequenceParallel:
     def all_reduce_state(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable SUM of ``s`` (batch, heads, features, head_dim) and ``z`` (batch, heads,
         features) over the group, in one collective."""
-        from torch.distributed.nn.functional import all_reduce
-
         both = torch.cat([s, z.unsqueeze(-1)], dim=-1)  # (batch, heads, features, head_dim + 1)
-        both = all_reduce(both, op=dist.ReduceOp.SUM, group=self.group)
+        both = differentiable_all_reduce(both, self.group)
         return both[..., :-1], both[..., -1]
 
     def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from longseq.data import sources
 from longseq.data.annotation import label_spec, label_table, read_annotation
+from longseq.data.distributed import sharded_loader_args
 from longseq.data.fasta import FastaReader, ensure_index, validate_fasta
 from longseq.data.intervals import Interval, read_bed, split_by_region
 from longseq.data.tokenizer import PAD, VOCAB_SIZE, encode, reverse_complement
@@ -276,12 +277,15 @@ class AnnotationDataModule(pl.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+        # This process's share of one seeded order under DDP (longseq.data.distributed).
+        _, sampler = sharded_loader_args(
+            self.datasets[split], None, shuffle, self.hparams.seed, split == "train", self.trainer
+        )
         return DataLoader(
             self.datasets[split],
+            sampler=sampler,
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.hparams.pin_memory,

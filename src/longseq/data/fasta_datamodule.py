@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import sources
+from longseq.data.distributed import sharded_loader_args
 from longseq.data.fasta import FastaIndex, FastaReader, ensure_index, validate_fasta
 from longseq.data.intervals import Interval, read_bed, split_by_region
 from longseq.data.tokenizer import VOCAB_SIZE
@@ -129,13 +129,17 @@ class FastaDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
         # Training uses torchdata's StatefulDataLoader: Lightning saves its position in every
         # checkpoint, so `ckpt_path=last.ckpt` continues mid-epoch without repeating or skipping windows.
+        # The sampler gives this process its share of one seeded global order (DDP ranks: disjoint
+        # shares; sequence-parallel ranks: the same windows, each cut to its shard), longseq.data.distributed.
         loader_cls = StatefulDataLoader if split == "train" else DataLoader
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        dataset, sampler = sharded_loader_args(
+            self.datasets[split], self.seq_len, shuffle, self.hparams.seed, drop_last, self.trainer,
+            getattr(self, "sequence_parallel", 1),
+        )
         return loader_cls(
-            self.datasets[split],
-            generator=generator,
+            dataset,
+            sampler=sampler,
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

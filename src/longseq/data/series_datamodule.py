@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import series_sources
+from longseq.data.distributed import sharded_loader_args
 from longseq.data.series import (
     SeriesArray,
     channel_stats,
@@ -571,12 +572,15 @@ class SeriesDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
         # Training: a StatefulDataLoader with a seeded order, whose position Lightning stores in every
         # checkpoint, so a resumed run continues mid-epoch (a window's content depends only on its index).
+        # The sampler gives this process its share of one seeded order under DDP (longseq.data.distributed).
         loader_cls = StatefulDataLoader if split == "train" else DataLoader
+        _, sampler = sharded_loader_args(
+            self.datasets[split], None, shuffle, self.hparams.seed, split == "train", self.trainer
+        )
         return loader_cls(
             self.datasets[split],
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            sampler=sampler,
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

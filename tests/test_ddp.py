@@ -1,0 +1,116 @@
+"""DDP through the real entry point: `python train.py trainer=ddp` with 2 gloo processes on CPU.
+
+One run folder (configs, logs, checkpoints, summary written once), identical parameters and
+Performer features on both ranks after training, mid-epoch resume that continues the loss curve
+exactly, sequence parallelism reproducing the single-process loss curve (slow), and the refusals
+(multirun, impossible layouts) as one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, small_overrides
+from test_train_entrypoint import run_train, train_losses
+
+from longseq.errors import UserError
+from longseq.parallel import derive_accumulation, launcher_overrides
+
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
+
+
+def run_ddp(*args: str, check: bool = True, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *flags, *DDP_CPU, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_ddp_run_folder_identical_ranks_and_mid_epoch_resume(tiny_fasta, tmp_path):
+    common = small_overrides(
+        tiny_fasta, "trainer.val_check_interval=50", "test=false", "data.num_workers=1", "trainer.max_steps=6",
+        "model/attention=performer", "model.attention.num_features=16", "callbacks.feature_redraw.interval=2",
+        "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.every_n_train_steps=3", "global_batch_size=16",  # 4 per rank x 2 ranks x 2 accumulated
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_ddp(*common, f"hydra.run.dir={straight}", "+callbacks.save_rank._target_=distributed.SaveRankState",
+            f"+callbacks.save_rank.path={tmp_path / 'state'}")
+
+    # One run folder: .hydra written once, one log file, rank 0's summary with the layout.
+    assert sorted(p.name for p in straight.iterdir()) == [".hydra", "checkpoints", "csv", "summary.json", "train.log"]
+    summary = json.loads((straight / "summary.json").read_text())
+    assert (summary["world_size"], summary["grad_accumulation"], summary["global_batch_size"], summary["steps"]) == (2, 2, 16, 6)
+
+    # Both ranks end with the same parameters and buffers (Performer features redrawn at steps 2 and 4).
+    a, b = (torch.load(tmp_path / f"state.rank{r}.pt") for r in (0, 1))
+    assert a.keys() == b.keys() and any("projection" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert int(a["model.encoder.layers.0.attn.kernel.redraw_count"]) == 2
+
+    # Killed after step 3 and resumed: the same windows, masks and losses as the run that never stopped.
+    step3 = straight / "checkpoints" / "best-step000003.ckpt"
+    run_ddp(*common, f"ckpt_path={step3}", f"hydra.run.dir={resumed}")
+    x, y = train_losses(straight), train_losses(resumed)
+    assert sorted(x) == [0, 1, 2, 3, 4, 5] and sorted(y) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert abs(x[step] - y[step]) <= 1e-5 * abs(x[step]), (step, x[step], y[step])
+
+
+@pytest.mark.slow
+def test_sequence_parallel_run_reproduces_the_single_process_loss_curve(tiny_fasta, tmp_path):
+    common = small_overrides(tiny_fasta, "model/attention=linear_elu", "model.attention.chunk_size=64", "test=false")
+    run_train(*common, f"hydra.run.dir={tmp_path / 'one'}")
+    run_ddp(*common, "model.sequence_parallel=2", f"hydra.run.dir={tmp_path / 'sp'}")
+    one, sp = train_losses(tmp_path / "one"), train_losses(tmp_path / "sp")
+    assert sorted(one) == sorted(sp) == [0, 1, 2, 3]
+    for step in one:
+        assert abs(one[step] - sp[step]) <= 1e-5 * one[step], (step, one[step], sp[step])
+    s1, s2 = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "sp"))
+    assert s2["sequence_parallel"] == 2 and abs(s1["val_bpb"] - s2["val_bpb"]) < 1e-5
+
+
+def test_multirun_with_ddp_and_impossible_layouts_are_one_line_errors(tiny_fasta, tmp_path):
+    result = run_ddp(*small_overrides(tiny_fasta), "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", check=False, flags=("-m",))
+    assert result.returncode == 2 and "multirun (-m) with 2 processes per job is not supported" in result.stderr
+    result = run_ddp(*small_overrides(tiny_fasta), "global_batch_size=12", f"hydra.run.dir={tmp_path / 'b'}", check=False)
+    assert result.returncode == 2 and "global_batch_size=12 is not a multiple of data.batch_size=4 x 2" in result.stderr
+    result = run_ddp(*small_overrides(tiny_fasta), "model/attention=sdpa", "model.sequence_parallel=2", f"hydra.run.dir={tmp_path / 'c'}", check=False)
+    assert result.returncode == 2 and "only the linear kernels" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_global_batch_derives_the_accumulation():
+    assert derive_accumulation(64, 8, 2) == 4
+    assert derive_accumulation(64, 8, 8) == 1
+    with pytest.raises(UserError, match="not a multiple"):
+        derive_accumulation(64, 8, 3)
+    with pytest.raises(UserError, match="contradicts"):
+        derive_accumulation(64, 8, 2, configured=2)
+
+
+def test_launcher_overrides_give_every_rank_one_run_folder():
+    # Lightning's own children: run dir given by Lightning; ranks > 0 write no .hydra and no log file.
+    child = ["x=1", 'hydra.run.dir="/r"', "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert launcher_overrides(child, {"LOCAL_RANK": "1"}) == ["hydra/job_logging=stdout"]
+    assert launcher_overrides(["x=1"], {}) == []
+    # torchrun: a folder named after the rendezvous id, the same on every rank.
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "abc"}
+    assert launcher_overrides([], env) == [
+        "hydra.run.dir=${paths.log_dir}/${task_name}/runs/torchrun-abc", "hydra.output_subdir=null", "hydra/job_logging=stdout",
+    ]
+    assert launcher_overrides([], {**env, "RANK": "0"}) == ["hydra.run.dir=${paths.log_dir}/${task_name}/runs/torchrun-abc"]
+    assert launcher_overrides(["hydra.run.dir=/mine"], {**env, "RANK": "0"}) == []
+    with pytest.raises(UserError, match="torchrun without a run id"):
+        launcher_overrides([], {**env, "TORCHELASTIC_RUN_ID": "none"})
+    slurm = {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "77", "SLURM_PROCID": "2"}
+    assert launcher_overrides([], slurm)[0].endswith("/runs/slurm-77")
