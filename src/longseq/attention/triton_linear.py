@@ -44,6 +44,7 @@ imported (the tests do this in a subprocess); that is slow and meant for small c
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -162,7 +163,11 @@ if HAVE_TRITON:
 
     # Tuned per (length, sizes, feature map); every kernel overwrites its whole output, so the trial
     # runs of the tuner leave nothing behind.
-    _tuned = triton.autotune(configs=_configs(), key=["N", "D", "M", "FEAT"])
+    # Short timing runs per candidate: the tuner runs once per new length, inside the first step.
+    _tuned = triton.autotune(
+        configs=_configs(), key=["N", "D", "M", "FEAT"],
+        do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=25),
+    )
 
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
@@ -201,6 +206,15 @@ if HAVE_TRITON:
             angle = rows.to(tl.float32) * angle_scale
             weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
             return tl.maximum(xf, 0.0) * weight[:, None]
+
+    @triton.jit
+    def _logits_t(xt, fb, W, half_norm_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
+        """FAVOR+ logits of feature block ``fb``, transposed: ``xt`` (D, BLOCK_N) -> (BLOCK_M, BLOCK_N)."""
+        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+        w = tl.load(W + fcols[:, None] * D + tl.arange(0, D)[None, :])  # (BLOCK_M, D)
+        xf = xt.to(tl.float32)
+        half_norm = tl.sum(xf * xf, axis=0) * half_norm_scale  # (BLOCK_N,)
+        return _dot(w, xt, IEEE) - half_norm[None, :]
 
     @triton.jit
     def _feature_grad(
@@ -243,8 +257,11 @@ if HAVE_TRITON:
         FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # Feature block varies fastest: the programs reading the same chunk of k, v run together and
-        # share it through L2.
+        # Features are built transposed, (BLOCK_M, BLOCK_N) = W_f · kᵀ, so that they enter φᵀV as the
+        # left operand straight from the accumulator layout (no transpose through shared memory).
+        # FAVOR+: one program per feature block (grid axis 0, fastest, so the programs reading the
+        # same chunk of k, v run together and share it through L2). elu/cos: one program builds every
+        # block (cos: the cos and sin halves) from one load.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -257,6 +274,8 @@ if HAVE_TRITON:
         stop = tl.minimum(start + chunk_len, N)
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, D), dtype=tl.float32)  # cos: the sin half
+        zacc2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         vacc = tl.zeros((D,), dtype=tl.float32)
         m_run = tl.full((), _NEG, tl.float32)
         for row0 in range(start, stop, BLOCK_N):
@@ -264,27 +283,41 @@ if HAVE_TRITON:
             ok = rows < stop
             if HAS_MASK:
                 ok = ok & (tl.load(MASK + b * stride_mb + rows, mask=ok, other=0) != 0)
-            k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=ok[:, None], other=0.0)
+            kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
             v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
-            pre = _features(k, rows + pos0, fb, W, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
             if FEAT == 0:
-                pre = tl.where(ok[:, None], pre, _NEG)
-                m_new = tl.maximum(m_run, tl.max(tl.max(pre, axis=1), axis=0))
+                lt = _logits_t(kt, fb, W, half_norm_scale, D, BLOCK_M, IEEE)
+                lt = tl.where(ok[None, :], lt, _NEG)
+                m_new = tl.maximum(m_run, tl.max(tl.max(lt, axis=1), axis=0))
                 alpha = tl.exp(m_run - m_new)
-                p = tl.where(ok[:, None], tl.exp(pre - m_new), 0.0)
-                acc = acc * alpha
-                zacc = zacc * alpha
+                pt = tl.where(ok[None, :], tl.exp(lt - m_new), 0.0)
+                acc = acc * alpha + _dot(pt.to(v.dtype), v, IEEE)
+                zacc = zacc * alpha + tl.sum(pt, axis=1)
                 m_run = m_new
+            elif FEAT == 1:
+                xf = kt.to(tl.float32)
+                pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
+                acc += _dot(pt.to(v.dtype), v, IEEE)
+                zacc += tl.sum(pt, axis=1)
             else:
-                p = tl.where(ok[:, None], pre, 0.0)
-            acc += _dot(tl.trans(p.to(v.dtype)), v, IEEE)
-            zacc += tl.sum(p, axis=0)
+                angle = (rows + pos0).to(tl.float32) * angle_scale
+                r = tl.where(ok[None, :], tl.maximum(kt.to(tl.float32), 0.0), 0.0)
+                pc = r * tl.cos(angle)[None, :]
+                ps = r * tl.sin(angle)[None, :]
+                acc += _dot(pc.to(v.dtype), v, IEEE)
+                zacc += tl.sum(pc, axis=1)
+                acc2 += _dot(ps.to(v.dtype), v, IEEE)
+                zacc2 += tl.sum(ps, axis=1)
             vacc += tl.sum(v.to(tl.float32), axis=0)
         part = bh * num_chunks + chunk
         fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(Z_part + part * M + fcols, zacc)
-        tl.store(M_part + part * (M // BLOCK_M) + fb, m_run)
+        if FEAT == 0:
+            tl.store(M_part + part * (M // BLOCK_M) + fb, m_run)
+        if FEAT == 2:
+            tl.store(S_part + part * M * D + (BLOCK_M + fcols[:, None]) * D + cols[None, :], acc2)
+            tl.store(Z_part + part * M + BLOCK_M + fcols, zacc2)
         if fb == 0:
             tl.store(VS_part + part * D + cols, vacc)
 
@@ -451,41 +484,81 @@ if HAVE_TRITON:
     @_tuned
     @triton.jit
     def _readout_bwd_dstate_kernel(
-        Q, W, G, OUT, DEN, MROW, DS_part, DZ_part,
+        Q, W, S, Z, G, OUT, DEN, MROW, DQ, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
         H, N, chunk_len, num_chunks,
         half_norm_scale, angle_scale, pos0, eps, c,
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # dS_f = Σ_i φ_if dnum_i, dz_f = Σ_i φ_if dden_i: partial sums over one chunk of queries.
+        # dS_f = Σ_i φ_if dnum_i, dz_f = Σ_i φ_if dden_i: partial sums over one chunk of queries, with
+        # the features built transposed (BLOCK_M, BLOCK_N) so they are the left operand as computed.
+        # FAVOR+: one program per feature block; dq comes from _readout_bwd_dq_kernel. elu/cos: one
+        # program holds every block (at most two) and also writes dq, so q, dO and out are read once.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
         b = bh // H
         h = bh % H
         cols = tl.arange(0, D)
+        q_base = Q + b * stride_qb + h * stride_qh
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, D), dtype=tl.float32)  # cos: the sin half
+        zacc2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if FEAT != 0:
+            # Sᵀ of each block (D, BLOCK_M) in the input dtype, and z: loaded once for the chunk.
+            fcols = tl.arange(0, BLOCK_M)
+            st = tl.load(S + bh * M * D + fcols[None, :] * D + cols[:, None]).to(Q.dtype.element_ty)
+            zf = tl.load(Z + bh * M + fcols)
+            if FEAT == 2:
+                st2 = tl.load(S + bh * M * D + (BLOCK_M + fcols[None, :]) * D + cols[:, None]).to(Q.dtype.element_ty)
+                zf2 = tl.load(Z + bh * M + BLOCK_M + fcols)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
             inside = rows < stop
-            q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
-                        mask=inside[:, None], other=0.0)
+            qt = tl.load(q_base + rows[None, :] * stride_qn + cols[:, None], mask=inside[None, :], other=0.0)
             dnum, dden = _readout_grads(G, OUT, DEN, bh, rows, inside, cols, N, D)
-            m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
-            phi = _query_core(q, rows + pos0, fb, W, m_row, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
+            dnum_in = dnum.to(Q.dtype.element_ty)
             if FEAT == 0:
-                phi = c * (phi + eps)
-            phi = tl.where(inside[:, None], phi, 0.0)
-            acc += _dot(tl.trans(phi.to(q.dtype)), dnum.to(q.dtype), IEEE)
-            zacc += tl.sum(phi * dden[:, None], axis=0)
+                m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
+                lt = _logits_t(qt, fb, W, half_norm_scale, D, BLOCK_M, IEEE)
+                pt = tl.where(inside[None, :], c * (tl.exp(lt - m_row[None, :]) + eps), 0.0)
+                acc += _dot(pt.to(Q.dtype.element_ty), dnum_in, IEEE)
+                zacc += tl.sum(pt * dden[None, :], axis=1)
+            else:
+                q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
+                xf = q.to(tl.float32)
+                xft = qt.to(tl.float32)
+                dphi = _dot(dnum_in, st, IEEE) + dden[:, None] * zf[None, :]  # (BLOCK_N, D)
+                if FEAT == 1:
+                    pt = tl.where(inside[None, :], tl.where(xft > 0, xft + 1.0, tl.exp(tl.minimum(xft, 0.0))), 0.0)
+                    acc += _dot(pt.to(Q.dtype.element_ty), dnum_in, IEEE)
+                    zacc += tl.sum(pt * dden[None, :], axis=1)
+                    dx = dphi * tl.where(xf > 0, 1.0, tl.exp(tl.minimum(xf, 0.0)))
+                else:
+                    angle = (rows + pos0).to(tl.float32) * angle_scale
+                    r = tl.where(inside[None, :], tl.maximum(xft, 0.0), 0.0)
+                    pc = r * tl.cos(angle)[None, :]
+                    ps = r * tl.sin(angle)[None, :]
+                    acc += _dot(pc.to(Q.dtype.element_ty), dnum_in, IEEE)
+                    zacc += tl.sum(pc * dden[None, :], axis=1)
+                    acc2 += _dot(ps.to(Q.dtype.element_ty), dnum_in, IEEE)
+                    zacc2 += tl.sum(ps * dden[None, :], axis=1)
+                    dphi2 = _dot(dnum_in, st2, IEEE) + dden[:, None] * zf2[None, :]
+                    on = xf > 0
+                    dx = tl.where(on, dphi * tl.cos(angle)[:, None] + dphi2 * tl.sin(angle)[:, None], 0.0)
+                tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
+                         mask=inside[:, None])
         part = bh * num_chunks + chunk
         fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(DZ_part + part * M + fcols, zacc)
+        if FEAT == 2:
+            tl.store(DS_part + part * M * D + (BLOCK_M + fcols[:, None]) * D + cols[None, :], acc2)
+            tl.store(DZ_part + part * M + BLOCK_M + fcols, zacc2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,12 +632,12 @@ class _StateFn(torch.autograd.Function):
         mask = padding_mask.to(torch.int8).contiguous() if padding_mask is not None else None
         mask_arg = mask if mask is not None else k
         nfb = plan.m // plan.block_m
-        chunk_len, chunks = _num_chunks(n, bh * nfb, k.device, chunk_tokens)
+        chunk_len, chunks = _num_chunks(n, bh * (nfb if plan.feat == 0 else 1), k.device, chunk_tokens)
         s_part = torch.empty(bh, chunks, plan.m, d, device=k.device, dtype=torch.float32)
         z_part = torch.empty(bh, chunks, plan.m, device=k.device, dtype=torch.float32)
         m_part = torch.empty(bh, chunks, nfb, device=k.device, dtype=torch.float32)
         vs_part = torch.empty(bh, chunks, d, device=k.device, dtype=torch.float32)
-        _state_fwd_kernel[(nfb, chunks, bh)](
+        _state_fwd_kernel[(nfb if plan.feat == 0 else 1, chunks, bh)](
             k, v, mask_arg, plan.w, s_part, z_part, m_part, vs_part,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
             heads, n, chunk_len, chunks, plan.half_norm_scale, plan.angle_scale, offset,
@@ -646,16 +719,18 @@ class _ReadoutFn(torch.autograd.Function):
         g = g.contiguous()
         nfb = plan.m // plan.block_m
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        _readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-            q, plan.w, s, z, g, out, den, m_row, dq,
-            *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.c,
-            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-        )
-        chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
+        if plan.feat == 0:  # elu/cos: the dstate kernel below writes dq as well
+            _readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+                q, plan.w, s, z, g, out, den, m_row, dq,
+                *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.c,
+                FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+            )
+        programs = nfb if plan.feat == 0 else 1
+        chunk_len, chunks = _num_chunks(n, bh * programs, q.device, ctx.chunk_tokens)
         ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
         dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-        _readout_bwd_dstate_kernel[(nfb, chunks, bh)](
-            q, plan.w, g, out, den, m_row, ds_part, dz_part,
+        _readout_bwd_dstate_kernel[(programs, chunks, bh)](
+            q, plan.w, s, z, g, out, den, m_row, dq, ds_part, dz_part,
             *_strides(q), heads, n, chunk_len, chunks,
             plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.eps, plan.c,
             FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
