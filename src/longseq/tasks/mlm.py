@@ -149,7 +149,8 @@ class MaskedLMTask(Task):
             # whose gradient is the SUM of theirs: scale by the group size.
             return share * sp.size
         # Evaluation needs no collective here, also under sequence parallelism: the metrics are
-        # weighted by each rank's masked count and summed over all ranks when they compute.
+        # weighted by each rank's masked count and summed over all ranks when they compute (at the
+        # epoch's end, where every rank goes, also one whose batches had nothing to score).
         if n == 0:  # possible for a tiny, mostly-padded window: contribute nothing, keep the graph
             return logits.sum() * 0.0
         loss = F.cross_entropy(logits[chosen].to(torch.promote_types(logits.dtype, torch.float32)), labels[chosen])
@@ -161,8 +162,6 @@ class MaskedLMTask(Task):
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=n)
         self.metrics[f"{split}_unigram_bpb"].update(-self.unigram_log2p[labels[chosen]].mean(), weight=n)
         self.metrics[f"{split}_acc"].update(logits.detach().argmax(-1), labels)
-        self.log(f"{split}/loss", self.metrics[f"{split}_loss"], prog_bar=True)
-        self.log(f"{split}/acc", self.metrics[f"{split}_acc"])
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -175,13 +174,26 @@ class MaskedLMTask(Task):
         self._step(batch, "test", batch_idx)
 
     def _log_bits(self, split: str) -> None:
-        loss = self.metrics[f"{split}_loss"]
-        if loss.update_count == 0:
+        """Log the epoch's loss, accuracy, bits per base and unigram baseline, then reset them.
+
+        Under DDP every rank computes (each compute is a collective that sums the ranks' states),
+        also a rank whose windows had no masked base or that got no window at all: logging the
+        metric objects from the steps instead would leave such a rank out of the collective, and
+        the others waiting for it forever.
+        """
+        loss, unigram, acc = (self.metrics[f"{split}_{k}"] for k in ("loss", "unigram_bpb", "acc"))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if loss.update_count == 0 and not distributed:
             return
-        unigram = self.metrics[f"{split}_unigram_bpb"]
-        self.log(f"{split}/bpb", loss.compute() / math.log(2), prog_bar=True)
-        self.log(f"{split}/unigram_bpb", unigram.compute())
-        unigram.reset()  # logged as a value, so Lightning does not reset it for us
+        values = {"loss": loss.compute(), "acc": acc.compute(), "unigram_bpb": unigram.compute()}
+        for metric in (loss, unigram, acc):
+            metric.reset()
+        if not torch.isfinite(values["loss"]):  # nothing was scored on any rank (the same on all)
+            return
+        self.log(f"{split}/loss", values["loss"], prog_bar=True)
+        self.log(f"{split}/acc", values["acc"])
+        self.log(f"{split}/bpb", values["loss"] / math.log(2), prog_bar=True)
+        self.log(f"{split}/unigram_bpb", values["unigram_bpb"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_bits("val")
