@@ -156,6 +156,8 @@ if HAVE_TRITON:
     def _configs() -> list:
         if interpreter_on():
             return [triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=1)]
+        if os.environ.get("LONGSEQ_TRITON_TUNE", "1") == "0":  # one fixed configuration (quick tests)
+            return [triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2)]
         return [
             triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
             for bn in (64, 128) for w in (4, 8) for st in (2, 3)
@@ -163,6 +165,10 @@ if HAVE_TRITON:
 
     # Tuned per (length, sizes, feature map); every kernel overwrites its whole output, so the trial
     # runs of the tuner leave nothing behind.
+    # Lengths and positions are not specialised on (Triton would otherwise compile a new variant of
+    # every candidate whenever their divisibility by 16 changes, i.e. at many sequence lengths).
+    _LENGTHS = ["H", "N", "pos0"]
+
     # Short timing runs per candidate: the tuner runs once per new length, inside the first step.
     _tuned = triton.autotune(
         configs=_configs(), key=["N", "D", "M", "FEAT"],
@@ -247,7 +253,7 @@ if HAVE_TRITON:
             return dphi * tl.where(xf > 0, weight[:, None], 0.0), tl.zeros_like(tl.sum(dphi, axis=1))
 
     @_tuned
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
     def _state_fwd_kernel(
         K, V, MASK, W,
         S_part, Z_part, M_part, VS_part,
@@ -322,7 +328,7 @@ if HAVE_TRITON:
             tl.store(VS_part + part * D + cols, vacc)
 
     @_tuned
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTHS)
     def _state_bwd_kernel(
         K, V, MASK, W, KMAX, DS, DZ, DVS, DK, DV,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
@@ -384,7 +390,7 @@ if HAVE_TRITON:
         return pre
 
     @_tuned
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTHS)
     def _readout_fwd_kernel(
         Q, W, S, Z, SCOL, ZSUM, OUT, DEN, MROW,
         stride_qb, stride_qh, stride_qn,
@@ -443,7 +449,7 @@ if HAVE_TRITON:
         return dnum, dden
 
     @_tuned
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTHS)
     def _readout_bwd_dq_kernel(
         Q, W, S, Z, G, OUT, DEN, MROW, DQ,
         stride_qb, stride_qh, stride_qn,
@@ -482,7 +488,7 @@ if HAVE_TRITON:
                  mask=inside[:, None])
 
     @_tuned
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
     def _readout_bwd_dstate_kernel(
         Q, W, S, Z, G, OUT, DEN, MROW, DQ, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
