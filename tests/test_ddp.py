@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, small_overrides
+from conftest import ROOT, compose, small_overrides
 from test_train_entrypoint import run_train, train_losses
 
 from longseq.errors import UserError
 from longseq.parallel import derive_accumulation, launcher_overrides
+from longseq.pipeline import train, user_error_in
 
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
 
@@ -91,14 +93,42 @@ def test_sequence_parallel_evaluates_windows_whose_second_shard_is_all_padding(t
     assert summary["steps"] == 2 and 1.5 < summary["val_bpb"] < 2.5
 
 
-def test_multirun_with_ddp_and_impossible_layouts_are_one_line_errors(tiny_fasta, tmp_path):
+def test_multirun_with_ddp_is_a_one_line_error(tiny_fasta, tmp_path):
     result = run_ddp(*small_overrides(tiny_fasta), "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", check=False, flags=("-m",))
     assert result.returncode == 2 and "multirun (-m) with 2 processes per job is not supported" in result.stderr
-    result = run_ddp(*small_overrides(tiny_fasta), "global_batch_size=12", f"hydra.run.dir={tmp_path / 'b'}", check=False)
-    assert result.returncode == 2 and "global_batch_size=12 is not a multiple of data.batch_size=4 x 2" in result.stderr
-    result = run_ddp(*small_overrides(tiny_fasta), "model/attention=sdpa", "model.sequence_parallel=2", f"hydra.run.dir={tmp_path / 'c'}", check=False)
-    assert result.returncode == 2 and "only the linear kernels" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["global_batch_size=12"], "global_batch_size=12 is not a multiple of data.batch_size=4 x 2"),
+        (["model/attention=sdpa", "model.sequence_parallel=2"], "only the linear kernels"),
+        (["model/attention=linear_elu", "model.sequence_parallel=4"], "must divide the number of processes \\(2\\)"),
+    ],
+)
+def test_impossible_parallel_layouts_are_user_errors(overrides, message, tiny_fasta, tmp_path):
+    # In-process: the checks run before fit, i.e. before Lightning would start the other ranks.
+    cfg = compose(small_overrides(tiny_fasta, *DDP_CPU, *overrides), output_dir=tmp_path)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - a UserError, possibly wrapped by Hydra's instantiate
+        train(cfg)
+    found = user_error_in(info.value)  # what train.py prints as its one-line error
+    assert found is not None and re.search(message, found), found
+
+
+def test_sequence_parallel_needs_a_task_that_trains_on_shards():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from longseq.parallel import configure
+
+    cfg = OmegaConf.create({"model": {"sequence_parallel": 2}, "data": {"batch_size": 1, "seq_len": 64}, "trainer": {}})
+    trainer = SimpleNamespace(world_size=2, callbacks=[])
+    with pytest.raises(UserError, match="only task=mlm"):
+        configure(cfg, trainer, SimpleNamespace(seq_len=64), torch.nn.Module())
+    layout = configure(cfg, trainer, dm := SimpleNamespace(seq_len=64), SimpleNamespace(supports_sequence_parallel=True))
+    assert layout["dp_replicas"] == 1 and dm.sequence_parallel == 2 and len(trainer.callbacks) == 1
 
 
 def test_global_batch_derives_the_accumulation():
