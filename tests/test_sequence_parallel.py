@@ -43,25 +43,26 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, mask, weight
 
 
-def _encoder_worker(rank: int, world: int, name: str) -> None:
-    model = make_encoder(name, world)
+def _encoder_worker(rank: int, world: int, name: str, size: int | None = None) -> None:
+    size = size or world  # ranks per sequence-parallel group
+    model = make_encoder(name, size)
     tokens, mask, weight = inputs()
     ref = model(tokens, mask)  # the whole sequence in this process: the reference
     (ref * weight)[mask].sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    sp = sp_mod.new_groups(world)
+    sp = sp_mod.new_groups(size)
     sp_mod.enable(model, sp)
     out = model(sp.shard(tokens), sp.shard(mask))
     (out * sp.shard(weight))[sp.shard(mask)].sum().backward()
 
-    parts = [torch.empty_like(out) for _ in range(world)]
-    dist.all_gather(parts, out.detach().contiguous())
+    parts = [torch.empty_like(out) for _ in range(size)]
+    dist.all_gather(parts, out.detach().contiguous(), group=sp.group)
     torch.testing.assert_close(torch.cat(parts, dim=1), ref.detach(), rtol=0, atol=1e-10)
     for n, p in model.named_parameters():
         grad = p.grad.clone()
-        dist.all_reduce(grad)  # the group's gradients summed = the whole sequence's gradient
+        dist.all_reduce(grad, group=sp.group)  # the group's gradients summed = the whole sequence's gradient
         torch.testing.assert_close(grad, ref_grads[n], rtol=1e-9, atol=1e-10, msg=lambda m, n=n: f"{n}: {m}")
 
 
@@ -75,10 +76,11 @@ def _all_reduce_grad_worker(rank: int, world: int) -> None:
     torch.testing.assert_close(x.grad, torch.tensor([3.0, 6.0, 9.0], dtype=torch.float64))
 
 
-def _mlm_worker(rank: int, world: int) -> None:
+def _mlm_worker(rank: int, world: int, size: int | None = None) -> None:
     """The task's training loss under SP, with DDP's averaging of gradients, gives the single-process gradient."""
+    size = size or world
     torch.manual_seed(0)
-    task = MaskedLMTask(make_encoder("linear_elu", world), total_steps=10).double()
+    task = MaskedLMTask(make_encoder("linear_elu", size), total_steps=10).double()
     task.log = lambda *a, **k: None
     tokens, mask, _ = inputs()
     batch = {"tokens": tokens, "padding_mask": mask}
@@ -87,7 +89,7 @@ def _mlm_worker(rank: int, world: int) -> None:
     ref_grads = {n: p.grad.clone() for n, p in task.named_parameters() if p.grad is not None}
     task.zero_grad()
 
-    sp = sp_mod.new_groups(world)
+    sp = sp_mod.new_groups(size)
     task.enable_sequence_parallel(sp)
     loss = task.training_step({k: sp.shard(v) for k, v in batch.items()}, 0)
     loss.backward()
@@ -97,7 +99,7 @@ def _mlm_worker(rank: int, world: int) -> None:
             continue
         grad = p.grad.clone()
         dist.all_reduce(grad)
-        grad /= world  # what DDP does over a world made of this one SP group
+        grad /= world  # what DDP does: average over every rank (here all groups hold the same window)
         torch.testing.assert_close(grad, ref_grads[n], rtol=1e-9, atol=1e-10, msg=lambda m, n=n: f"{n}: {m}")
 
 
@@ -106,6 +108,17 @@ def _all_checks(rank: int, world: int) -> None:
     for name in sorted(KERNELS):
         _encoder_worker(rank, world, name)
     _mlm_worker(rank, world)
+
+
+def _groups_of_two(rank: int, world: int) -> None:
+    _encoder_worker(rank, world, "performer", 2)
+    _mlm_worker(rank, world, 2)
+
+
+@pytest.mark.slow
+def test_four_ranks_in_two_groups_of_two(tmp_path):
+    """Sequence parallelism inside data parallelism: 4 processes, groups {0, 1} and {2, 3}."""
+    run_ranks(_groups_of_two, 4, tmp_path)
 
 
 def test_two_ranks_splitting_a_sequence_equal_one_process(tmp_path):
