@@ -13,11 +13,14 @@ Feature maps are computed inside the kernels from ``q``/``k`` tiles and never wr
 - ``elu``: ``where(x > 0, x + 1, exp(x))``;
 - ``cos``: cosFormer ``[relu(x)·cos a_i, relu(x)·sin a_i]``, ``a_i = π·i/(2M)``.
 
-Work split. The state stage is a reduction over the sequence: one program per (feature block,
-sequence chunk, batch·head) writes a partial ``S``/``z`` for its chunk, and the partials are summed
-afterwards (a few MiB), so that a single 1M-token sequence still fills every SM. The read-out and the
-key-side backward are independent per token: one program per (token tile, batch·head), looping over
-feature blocks. The read-out backward's ``dS``/``dz`` are again a sequence reduction (own kernel).
+Work split. The state stage is a reduction over the sequence: one program per (sequence chunk,
+batch·head) — and per feature block for FAVOR+ — writes a partial ``S``/``z`` for its chunk, and the
+partials are summed afterwards (a few MiB), so that a single 1M-token sequence still fills every SM.
+The read-out and the key-side backward are independent per token: one program per (token tile,
+batch·head), looping over feature blocks. The read-out backward's ``dS``/``dz`` are again a sequence
+reduction; for elu/cos the same kernel also writes ``dq`` (q, dO and the output are read once), for
+FAVOR+ ``dq`` has its own per-tile kernel. Tile length, warps and pipeline depth are autotuned per
+(length, head_dim, features, feature map); ``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
 
 Numerics (DESIGN.md): accumulation in fp32 (``tl.dot`` with fp32 accumulators; feature tiles are
 rounded to the input dtype only as the operand of a tensor-core product, as flash attention does with
