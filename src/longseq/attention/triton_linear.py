@@ -654,8 +654,8 @@ class _StateFn(torch.autograd.Function):
             IEEE=plan.ieee,
         )
         if plan.feat == 0:
-            key_max = m_part.amax(dim=(1, 2))  # (bh,)
-            key_max = torch.where(key_max > NEG_BIG / 2, key_max, torch.zeros_like(key_max))  # all padding
+            # (bh,); NEG_BIG where this shard has no real key, so that a MAX over shards ignores it
+            key_max = m_part.amax(dim=(1, 2))
             scale = torch.exp(m_part - key_max[:, None, None]).repeat_interleave(plan.block_m, dim=2)
             s = torch.einsum("bcmd,bcm->bmd", s_part, scale)
             z = (z_part * scale).sum(dim=1)
