@@ -8,6 +8,8 @@ non-power-of-two lengths and feature counts, several sequence chunks (the partia
 the online key stabiliser). The interpreter runs fp32 only: with Triton 3.7 it returns garbage for
 bf16 tensors on CPU (values off by orders of magnitude), so bf16 is checked on a GPU (marker
 ``gpu``), where the same comparisons run compiled, in fp32 and bf16, at longer lengths.
+``LONGSEQ_TRITON_TUNE=0`` (set before the run) skips the autotuner there: otherwise every new length
+times eight candidate configurations of each kernel.
 """
 
 from __future__ import annotations
