@@ -59,7 +59,7 @@ def main() -> None:
     dp = [r for r in rows if r["kind"] == "data_parallel"]
     ax.bar([f"{r['devices']} GPU" for r in dp], [r["tokens_per_s"] / 1e3 for r in dp], color=["#888", "#2a7"])
     if base:
-        ax.plot([0, 1], [base / 1e3, 2 * base / 1e3], "k--", marker="_", ms=30, lw=1, label="linear scaling")
+        ax.hlines(2 * base / 1e3, 0.6, 1.4, colors="k", linestyles="--", lw=1, label="2 x one GPU (linear scaling)")
         ax.legend(loc="upper left")
     for i, r in enumerate(dp):
         label = f"{r['tokens_per_s'] / 1e3:,.0f}k" + (f"\n{100 * r['scaling_efficiency']:.1f}%" if r["devices"] > 1 else "")
