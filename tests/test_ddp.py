@@ -93,6 +93,17 @@ def test_sequence_parallel_evaluates_windows_whose_second_shard_is_all_padding(t
     assert summary["steps"] == 2 and 1.5 < summary["val_bpb"] < 2.5
 
 
+def test_ddp_with_fewer_validation_windows_than_ranks(tiny_fasta, tmp_path):
+    """One validation window, two ranks: the second re-reads it rather than skipping validation
+    (which would leave rank 0 alone in the metrics' sync)."""
+    args = small_overrides(
+        tiny_fasta, f"data.bed={ROOT / 'tests' / 'assets' / 'tiny.bed'}", "data.seq_len=4096", "data.batch_size=1",
+        "model/attention=linear_elu", "trainer.max_steps=2", "trainer.num_sanity_val_steps=1", "test=false",
+    )
+    run_ddp(*args, f"hydra.run.dir={tmp_path / 'run'}", timeout=240)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
+
+
 def test_multirun_with_ddp_is_a_one_line_error(tiny_fasta, tmp_path):
     result = run_ddp(*small_overrides(tiny_fasta), "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", check=False, flags=("-m",))
     assert result.returncode == 2 and "multirun (-m) with 2 processes per job is not supported" in result.stderr

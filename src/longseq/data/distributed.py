@@ -57,7 +57,9 @@ class ShardedSampler(Sampler[int]):
 
     ``drop_last``: every rank gets the same number of indices (the global order's tail that would
     leave ranks unequal is dropped: training, where ranks step in lockstep). Without it (evaluation)
-    every index is read exactly once and ranks may differ by one.
+    every index is read exactly once and ranks may differ by one; only when there are fewer indices
+    than ranks does a rank that would get none re-read one, because every rank must take part in the
+    metrics' epoch-end synchronisation (Lightning skips validation on a rank with no batch).
     """
 
     def __init__(
@@ -84,7 +86,10 @@ class ShardedSampler(Sampler[int]):
         """This rank's positions in the global order, after ``consumed`` positions were taken."""
         remaining = max(0, self.num_samples - consumed)
         stop = consumed + (remaining // self.world) * self.world if self.drop_last else self.num_samples
-        return range(consumed + self.rank, stop, self.world)
+        mine = range(consumed + self.rank, stop, self.world)
+        if not self.drop_last and len(mine) == 0 and self.num_samples > 0:
+            return range(self.rank % self.num_samples, self.rank % self.num_samples + 1)
+        return mine
 
     def __len__(self) -> int:
         return len(self.positions(0))
