@@ -121,6 +121,50 @@ def test_four_ranks_in_two_groups_of_two(tmp_path):
     run_ranks(_groups_of_two, 4, tmp_path)
 
 
+def _fused_worker(rank: int, world: int) -> None:
+    """The fused Triton kernels (Triton's CPU interpreter, fp32) split over the ranks against the
+    PyTorch path on the whole sequence in float64: the FAVOR+ key-stabiliser MAX reduction, the
+    rescaling of each shard's state to it, and cosFormer's global positions go through the kernels."""
+    seq, width = 128, 32  # head_dim 16: a size the kernels take
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 5, (2, seq), generator=g)
+    mask = torch.ones(2, seq, dtype=torch.bool)
+    mask[1, 90:] = False
+    weight = torch.randn(2, seq, width, generator=g)
+    for name in sorted(KERNELS):
+        def build(impl: str, size: int, name: str = name) -> DNAEncoder:
+            torch.manual_seed(0)
+            attention = instantiate({**KERNELS[name], "impl": impl, "_partial_": True})
+            return DNAEncoder(7, seq, attention, d_model=width, n_layers=2, n_heads=2, sequence_parallel=size)
+
+        ref_model = build("torch", 1).double()
+        ref = ref_model(tokens, mask)
+        (ref * weight.double())[mask].sum().backward()
+        model = build("triton", world)
+        sp = sp_mod.new_groups(world)
+        sp_mod.enable(model, sp)
+        out = model(sp.shard(tokens), sp.shard(mask))
+        (out * sp.shard(weight))[sp.shard(mask)].sum().backward()
+        parts = [torch.empty_like(out) for _ in range(world)]
+        dist.all_gather(parts, out.detach().contiguous(), group=sp.group)
+        torch.testing.assert_close(torch.cat(parts, dim=1).double(), ref.detach(), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m, name=name: f"{name} output: {m}")
+        for (n, p), (_, p_ref) in zip(model.named_parameters(), ref_model.named_parameters(), strict=True):
+            grad = p.grad.clone()
+            dist.all_reduce(grad, group=sp.group)
+            torch.testing.assert_close(grad.double(), p_ref.grad, rtol=1e-3, atol=1e-4,
+                                       msg=lambda m, n=n, name=name: f"{name} {n}: {m}")
+
+
+def test_two_ranks_through_the_fused_triton_kernels(tmp_path, monkeypatch):
+    """Sequence parallelism through the fused kernels (what ``impl: auto`` runs on CUDA), checked on
+    CPU in Triton's interpreter: the spawned ranks import Triton with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LONGSEQ_TRITON_TUNE", "0")
+    run_ranks(_fused_worker, 2, tmp_path)
+
+
 def test_two_ranks_splitting_a_sequence_equal_one_process(tmp_path):
     """One spawn of 2 gloo processes (start-up dominates): the differentiable all-reduce's gradient,
     encoder outputs and summed gradients for every SP kernel, and the masked-LM loss and its
