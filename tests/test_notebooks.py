@@ -32,6 +32,7 @@ def test_notebook_is_committed_without_outputs():
 def test_notebook_runs_on_fixture_tables(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGSEQ_BENCH_CSV", str(BENCH_SMALL))
     monkeypatch.setenv("LONGSEQ_SWEEP_CSV", str(SWEEP_SMALL))
+    monkeypatch.setenv("LONGSEQ_FUSED_CSV", str(BENCH_SMALL))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # The kernel must be this virtual environment's interpreter (jupyter_client maps the `python3`
     # kernelspec's "python" to sys.executable); a last cell reports which one ran.
@@ -42,9 +43,9 @@ def test_notebook_runs_on_fixture_tables(tmp_path, monkeypatch):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
-    assert len(images) == 4, "time, memory, quality and quality-vs-throughput figures"
+    assert len(images) == 5, "time, memory, fused-kernel time, quality and quality-vs-throughput figures"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "crossover_fwd" in text and "gain_vs_unigram" in text
+    assert "crossover_fwd" in text and "gain_vs_unigram" in text and "fused benchmark:" in text
     assert Path(nb.cells[-1].outputs[0]["text"].strip()) == Path(sys.executable)
 
 

@@ -48,9 +48,17 @@ def colour(mechanism: str) -> str:
     """The colour of ``mechanism`` in every figure."""
     if is_exact(mechanism):
         return _EXACT_COLOURS.get(mechanism, "gray")
-    if mechanism in _LINEAR_ORDER:
-        return _PALETTE[_LINEAR_ORDER.index(mechanism)]
+    base = mechanism.rsplit("-", 1)[0]  # the benchmark's `<mechanism>-<impl>` variants share a colour
+    if base in _LINEAR_ORDER:
+        return _PALETTE[_LINEAR_ORDER.index(base)]
     return _PALETTE[len(_LINEAR_ORDER) + sum(map(ord, mechanism)) % (len(_PALETTE) - len(_LINEAR_ORDER))]
+
+
+def linestyle(mechanism: str) -> str:
+    """Dashed for exact attention, dotted for a kernel's plain-PyTorch variant (``<name>-torch``), else solid."""
+    if is_exact(mechanism):
+        return "--"
+    return ":" if mechanism.endswith("-torch") else "-"
 
 
 def _float(cell: str | None) -> float:
@@ -181,7 +189,7 @@ def time_figure(rows: Sequence[dict[str, Any]], device: str | None = None) -> Fi
         for mech in sorted({r["mechanism"] for r in rows if r.get("mode") == mode}, key=lambda m: (not is_exact(m), m)):
             pts = sorted((r["seq_len"], r["median_ms"]) for r in _ok(rows, mode) if r["mechanism"] == mech)
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="--" if is_exact(mech) else "-", color=colour(mech), label=mech)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls=linestyle(mech), color=colour(mech), label=mech)
             _mark_failures(ax, rows, mode, mech)
             n = cross.get(mech)
             if n is not None:
@@ -206,7 +214,7 @@ def memory_figure(rows: Sequence[dict[str, Any]], device: str | None = None) -> 
             pts = sorted((r["seq_len"], r["peak_extra_mib"]) for r in _ok(rows, mode)
                          if r["mechanism"] == mech and not math.isnan(r["peak_extra_mib"]))
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="--" if is_exact(mech) else "-", color=colour(mech), label=mech)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls=linestyle(mech), color=colour(mech), label=mech)
                 drawn = True
             _mark_failures(ax, rows, mode, mech)
         if drawn:
@@ -264,7 +272,7 @@ def _errorbar_lines(ax: Axes, data: dict[str, dict[int, list[float]]]) -> None:
         lo = [y - min(data[mech][n]) for y, n in zip(ys, xs, strict=True)]
         hi = [max(data[mech][n]) - y for y, n in zip(ys, xs, strict=True)]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=colour(mech),
-                    ls="--" if is_exact(mech) else "-", label=mech)
+                    ls=linestyle(mech), label=mech)
 
 
 def _length_axis(ax: Axes, lengths: Sequence[int]) -> None:
