@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from longseq.data import sources
 from longseq.data.annotation import label_spec, label_table, read_annotation
-from longseq.data.distributed import sharded_loader_args
+from longseq.data.distributed import sharded_loader
 from longseq.data.fasta import FastaReader, ensure_index, validate_fasta
 from longseq.data.intervals import Interval, read_bed, split_by_region
 from longseq.data.tokenizer import PAD, VOCAB_SIZE, encode, reverse_complement
@@ -276,26 +276,24 @@ class AnnotationDataModule(pl.LightningDataModule):
         return self._train_counts[:-1] / max(int(self._train_counts[-1]), 1)
 
     # -- loaders ---------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        # This process's share of one seeded order under DDP (longseq.data.distributed).
-        _, sampler = sharded_loader_args(
-            self.datasets[split], None, shuffle, self.hparams.seed, split == "train", self.trainer
-        )
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, drop_last: bool) -> DataLoader:
+        return sharded_loader(
             self.datasets[split],
-            sampler=sampler,
+            split,
             batch_size=batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer=self.trainer,
+            stateful=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=True)
+        return self._loader("train", batch_size=self.batch_size, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("val", batch_size=self.eval_batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("test", batch_size=self.eval_batch_size, drop_last=False)

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 def process_position(trainer: Any = None, sequence_parallel: int = 1) -> tuple[int, int, int, int]:
@@ -153,14 +154,42 @@ class SequenceShard(Dataset):
         }
 
 
-def sharded_loader_args(
-    dataset: Dataset, seq_len: int | None, shuffle: bool, seed: int, drop_last: bool, trainer: Any, sequence_parallel: int = 1
-) -> tuple[Dataset, ShardedSampler]:
-    """(dataset, sampler) for this process: its SP shard of every window and its data-parallel share."""
+def sharded_loader(
+    dataset: Dataset,
+    split: str,
+    *,
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+    trainer: Any,
+    stateful: bool = True,
+    seq_len: int | None = None,
+    sequence_parallel: int = 1,
+) -> DataLoader:
+    """The loader of ``split`` for this process: its SP shard of every window, its data-parallel share.
+
+    Training (``split == "train"``) reads a (seed, epoch)-shuffled order in which every rank gets
+    as many windows; with ``stateful`` its loader is torchdata's StatefulDataLoader, whose position
+    Lightning stores in every checkpoint, so ``ckpt_path=last.ckpt`` continues mid-epoch without
+    repeating or skipping windows. Evaluation reads every window once, in order. ``drop_last`` is the
+    loader's (a short last batch); the sampler's equal shares are fixed by the split.
+    """
+    train = split == "train"
     dp_rank, dp_world, sp_rank, sp_size = process_position(trainer, sequence_parallel)
     if sp_size > 1:
         if seq_len is None:
             raise ValueError("sequence parallelism needs the windows' seq_len")
         dataset = SequenceShard(dataset, sp_rank, sp_size, seq_len)
-    sampler = ShardedSampler(len(dataset), dp_rank, dp_world, shuffle, seed, drop_last)  # type: ignore[arg-type]
-    return dataset, sampler
+    sampler = ShardedSampler(len(dataset), dp_rank, dp_world, train, seed, train)  # type: ignore[arg-type]
+    loader_cls = StatefulDataLoader if train and stateful else DataLoader
+    return loader_cls(
+        dataset,
+        sampler=sampler,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )

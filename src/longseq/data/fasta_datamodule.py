@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import sources
-from longseq.data.distributed import sharded_loader_args
+from longseq.data.distributed import sharded_loader
 from longseq.data.fasta import FastaIndex, FastaReader, ensure_index, validate_fasta
 from longseq.data.intervals import Interval, read_bed, split_by_region
 from longseq.data.tokenizer import VOCAB_SIZE
@@ -126,31 +125,26 @@ class FastaDataModule(pl.LightningDataModule):
         counts = self.base_counts.astype(np.float64) + 1.0  # add-one: no base gets probability 0
         return counts / counts.sum()
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        # Training uses torchdata's StatefulDataLoader: Lightning saves its position in every
-        # checkpoint, so `ckpt_path=last.ckpt` continues mid-epoch without repeating or skipping windows.
-        # The sampler gives this process its share of one seeded global order (DDP ranks: disjoint
-        # shares; sequence-parallel ranks: the same windows, each cut to its shard), longseq.data.distributed.
-        loader_cls = StatefulDataLoader if split == "train" else DataLoader
-        dataset, sampler = sharded_loader_args(
-            self.datasets[split], self.seq_len, shuffle, self.hparams.seed, drop_last, self.trainer,
-            getattr(self, "sequence_parallel", 1),
-        )
-        return loader_cls(
-            dataset,
-            sampler=sampler,
+    def _loader(self, split: str, batch_size: int, drop_last: bool) -> DataLoader:
+        # DDP ranks: disjoint shares; sequence-parallel ranks: the same windows, each cut to its shard.
+        return sharded_loader(
+            self.datasets[split],
+            split,
             batch_size=batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer=self.trainer,
+            seq_len=self.seq_len,
+            sequence_parallel=getattr(self, "sequence_parallel", 1),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=True)
+        return self._loader("train", batch_size=self.batch_size, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("val", batch_size=self.eval_batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("test", batch_size=self.eval_batch_size, drop_last=False)

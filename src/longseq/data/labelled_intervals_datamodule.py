@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from longseq.data import sources
-from longseq.data.distributed import sharded_loader_args
+from longseq.data.distributed import sharded_loader
 from longseq.data.fasta import FastaReader, ensure_index, validate_fasta
 from longseq.data.labelled_intervals import LabelledInterval, read_labelled_intervals
 from longseq.data.tokenizer import PAD, VOCAB_SIZE, encode, reverse_complement
@@ -171,28 +171,26 @@ class LabelledIntervalDataModule(pl.LightningDataModule):
         labels = [ds.class_index[iv.label] for iv in ds.intervals]
         return np.bincount(np.asarray(labels, dtype=np.int64), minlength=self.num_classes)
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        # This process's share of one seeded order under DDP (longseq.data.distributed).
-        _, sampler = sharded_loader_args(
-            self.datasets[split], None, shuffle, self.hparams.seed, split == "train", self.trainer
-        )
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, drop_last: bool) -> DataLoader:
+        return sharded_loader(
             self.datasets[split],
-            sampler=sampler,
+            split,
             batch_size=batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer=self.trainer,
+            stateful=False,
         )
 
     def train_dataloader(self) -> DataLoader:
         # drop_last only when a full batch remains: a small training set still trains.
         drop = len(self.datasets["train"]) > self.batch_size
-        return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=drop)
+        return self._loader("train", batch_size=self.batch_size, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("val", batch_size=self.eval_batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("test", batch_size=self.eval_batch_size, drop_last=False)

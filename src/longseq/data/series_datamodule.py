@@ -35,10 +35,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from longseq.data import series_sources
-from longseq.data.distributed import sharded_loader_args
+from longseq.data.distributed import sharded_loader
 from longseq.data.series import (
     SeriesArray,
     channel_stats,
@@ -569,30 +568,25 @@ class SeriesDataModule(pl.LightningDataModule):
         return self.mean[:n_in] if kind == "values" else self.mean[n_in:]
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-        # Training: a StatefulDataLoader with a seeded order, whose position Lightning stores in every
-        # checkpoint, so a resumed run continues mid-epoch (a window's content depends only on its index).
-        # The sampler gives this process its share of one seeded order under DDP (longseq.data.distributed).
-        loader_cls = StatefulDataLoader if split == "train" else DataLoader
-        _, sampler = sharded_loader_args(
-            self.datasets[split], None, shuffle, self.hparams.seed, split == "train", self.trainer
-        )
-        return loader_cls(
+    def _loader(self, split: str, batch_size: int, drop_last: bool) -> DataLoader:
+        # A window's content depends only on its index, so the sampler's position resumes mid-epoch.
+        return sharded_loader(
             self.datasets[split],
-            sampler=sampler,
+            split,
             batch_size=batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer=self.trainer,
         )
 
     def train_dataloader(self) -> DataLoader:
         drop = len(self.datasets["train"]) > self.batch_size  # never leave a tiny training set with no batch
-        return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=drop)
+        return self._loader("train", batch_size=self.batch_size, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("val", batch_size=self.eval_batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+        return self._loader("test", batch_size=self.eval_batch_size, drop_last=False)
