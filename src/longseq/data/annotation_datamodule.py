@@ -31,14 +31,12 @@ from longseq.data.distributed import sharded_loader
 from longseq.data.fasta import FastaReader, ensure_index, validate_fasta
 from longseq.data.intervals import Interval, read_bed, split_by_region
 from longseq.data.tokenizer import PAD, VOCAB_SIZE, encode, reverse_complement
-from longseq.data.windows import EvalWindows, TrainWindows, n_fraction
+from longseq.data.windows import EvalWindows, TrainWindows
 from longseq.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-_MAX_PROBES = 64
-_PROBE_STEP = 2654435761
 
 
 @dataclass(frozen=True)
@@ -69,21 +67,12 @@ class LabelledTrainWindows(TrainWindows):
         rc_prob: float = 0.5,
         seed: int = 0,
     ) -> None:
-        super().__init__(reader, intervals, seq_len, max_n_fraction, rc_prob)
+        super().__init__(reader, intervals, seq_len, max_n_fraction, rc_prob, seed)
         self.flags = flags
         self.table = table
-        self.seed = seed
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        probe = index
-        for _ in range(_MAX_PROBES):
-            name, start = self.locate(probe)
-            tokens = encode(self.reader.fetch(name, start, start + self.seq_len))
-            if n_fraction(tokens) <= self.max_n_fraction:
-                break
-            probe = (probe * _PROBE_STEP + 1) % len(self)
-        else:
-            raise RuntimeError(f"no training window with at most {self.max_n_fraction:.0%} N; raise data.max_n_fraction")
+        name, start, tokens = self.draw(index)
         labels = torch.from_numpy(self.table[self.flags[name][start : start + self.seq_len]])
         if self.rc_prob > 0 and _unit(self.seed, index) < self.rc_prob:
             # Labels are strand-agnostic: the reverse complement only reverses their order.

@@ -66,19 +66,23 @@ class TrainWindows(Dataset):
         iv = self.intervals[k]
         return iv.name, iv.start + int(index - self._offsets[k])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def draw(self, index: int) -> tuple[str, int, torch.Tensor]:
+        """(sequence name, start, tokens) of window ``index``, or of the first window reached from it by
+        deterministic jumps whose N fraction is at most ``max_n_fraction``."""
         probe = index
         for _ in range(_MAX_PROBES):
             name, start = self.locate(probe)
             tokens = encode(self.reader.fetch(name, start, start + self.seq_len))
             if n_fraction(tokens) <= self.max_n_fraction:
-                break
+                return name, start, tokens
             probe = (probe * _PROBE_STEP + 1) % len(self)  # deterministic jump elsewhere
-        else:
-            raise RuntimeError(
-                f"could not find a training window with at most {self.max_n_fraction:.0%} N after "
-                f"{_MAX_PROBES} tries; raise data.max_n_fraction or check the FASTA"
-            )
+        raise RuntimeError(
+            f"could not find a training window with at most {self.max_n_fraction:.0%} N after "
+            f"{_MAX_PROBES} tries; raise data.max_n_fraction or check the FASTA"
+        )
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        _, _, tokens = self.draw(index)
         # The strand is a function of (seed, index), not of a worker's RNG state: the same window gets
         # the same strand whatever the worker, rank or resume point.
         if self.rc_prob > 0 and _unit_hash(self.seed, index) < self.rc_prob:
