@@ -76,21 +76,14 @@ def metrics_figure(summary: dict[str, Any], title: str = "") -> Figure:
     return fig
 
 
-def track_figure(run: Path, summary: dict[str, Any], windows: int) -> Figure:
+def track_figure(run: Path, windows: int) -> Figure:
     """Per-base probabilities on the held-out test windows with the most coding bases."""
-    import hydra
     import numpy as np
     import torch
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    ckpt = Path(summary.get("best_checkpoint") or run / "checkpoints" / "last.ckpt")
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    dm.setup("test")
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    task = hydra.utils.instantiate(cfg.task, model=model, _convert_="all")
-    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    task.eval()
+    from longseq.results import load_trained_run
+
+    _, dm, task = load_trained_run(run)
     ds = dm.datasets["test"].datasets[0]  # the held-out region of the training genome
     classes = list(dm.class_names)
     coding = classes.index("CDS") if "CDS" in classes else 0
@@ -137,7 +130,7 @@ def main() -> None:
     metrics_figure(summary, title).savefig(args.out / "annotate_metrics.png", dpi=args.dpi)
     print(args.out / "annotate_metrics.png")
     if not args.no_track:
-        track_figure(args.run, summary, args.windows).savefig(args.out / "annotate_track.png", dpi=args.dpi)
+        track_figure(args.run, args.windows).savefig(args.out / "annotate_track.png", dpi=args.dpi)
         print(args.out / "annotate_track.png")
 
 

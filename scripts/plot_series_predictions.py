@@ -11,17 +11,16 @@ prediction, with each window's Pearson correlation::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import hydra
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+
+from longseq.results import load_trained_run  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +32,7 @@ def main() -> None:
     parser.add_argument("--dpi", type=int, default=110)
     args = parser.parse_args()
 
-    cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
-    summary = json.loads((args.run / "summary.json").read_text()) if (args.run / "summary.json").exists() else {}
-    ckpt = Path(summary.get("best_checkpoint") or args.run / "checkpoints" / "last.ckpt")
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    dm.setup("test")
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    task = hydra.utils.instantiate(cfg.task, model=model, _convert_="all")
-    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    task.eval()
-
+    cfg, dm, task = load_trained_run(args.run)
     ds = dm.datasets[args.split]
     picks = np.linspace(0, len(ds) - 1, min(args.windows, len(ds))).round().astype(int)
     fig, axes = plt.subplots(len(picks), 1, figsize=(12, 2.6 * len(picks)), squeeze=False)

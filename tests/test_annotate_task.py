@@ -151,7 +151,7 @@ def test_fine_tune_from_an_mlm_checkpoint(tiny_fasta, tmp_path):
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
     assert plot_annotation.groups_and_classes(written) == (["test", "test_sp2"], ["CDS", "exon", "intergenic", "intron"])
     assert len(plot_annotation.metrics_figure(written).axes) == 2
-    track = plot_annotation.track_figure(out, written, windows=1)
+    track = plot_annotation.track_figure(out, windows=1)
     assert len(track.axes) == 1 and len(track.axes[0].lines) == 4  # one probability line per class
 
     with pytest.raises(UserError, match="trained with attention SDPAttention, this model uses LinearEluAttention"):

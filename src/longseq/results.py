@@ -172,6 +172,29 @@ def _select(cfg: DictConfig | None, key: str) -> Any | None:
     return value
 
 
+def load_trained_run(run_dir: str | os.PathLike[str], stage: str = "test") -> tuple[DictConfig, Any, Any]:
+    """``(config, data module, task)`` of a finished run, rebuilt from ``<run>/.hydra/config.yaml``.
+
+    The data module is set up for ``stage``; the task holds the checkpoint the run was evaluated with
+    (``best_checkpoint`` of ``summary.json``, else ``checkpoints/last.ckpt``) and is in eval mode.
+    For scripts that plot a run's predictions.
+    """
+    import hydra
+    import torch
+
+    run = Path(run_dir)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    summary = _read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
+    ckpt = Path(summary.get("best_checkpoint") or run / "checkpoints" / "last.ckpt")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.setup(stage)
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    task = hydra.utils.instantiate(cfg.task, model=model, _convert_="all")
+    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    task.eval()
+    return cfg, datamodule, task
+
+
 def best_metric(metrics_csv: str | os.PathLike[str], key: str = "val/bpb") -> float | None:
     """Minimum of column ``key`` over the rows of a Lightning ``CSVLogger`` file (None if never logged)."""
     path = Path(metrics_csv)
