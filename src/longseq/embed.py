@@ -132,12 +132,11 @@ def load_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     config = ckpt.get(MODEL_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or "_target_" not in config:
         raise UserError(f"{p} has no saved model config ({MODEL_CONFIG_KEY}): only checkpoints written by train.py can be embedded")
-    del ckpt
     try:
         model = hydra.utils.instantiate(config, _convert_="all")
     except Exception as exc:  # noqa: BLE001 - a config this version cannot build
         raise UserError(f"{p}: cannot rebuild its model from the saved config ({type(exc).__name__}: {exc})") from exc
-    load_encoder(model, p, config)  # shape / attention mismatches are clear errors there
+    load_encoder(model, p, config, checkpoint=ckpt)  # shape / attention mismatches are clear errors there
     return model.eval(), config
 
 

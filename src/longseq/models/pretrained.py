@@ -19,19 +19,24 @@ MODEL_CONFIG_KEY = "longseq_model_config"  # written by longseq.tasks.base.Task.
 _PREFIX = "model."
 
 
-def load_encoder(model: nn.Module, path: str | Path, model_config: dict[str, Any] | None = None) -> list[str]:
+def load_encoder(
+    model: nn.Module, path: str | Path, model_config: dict[str, Any] | None = None, checkpoint: Any = None
+) -> list[str]:
     """Load the encoder weights of checkpoint ``path`` into ``model``; returns the loaded keys.
 
     ``model_config`` (the resolved ``cfg.model`` of this run) is compared with the checkpoint's to
-    refuse a different attention mechanism with a clear message.
+    refuse a different attention mechanism with a clear message. ``checkpoint``: the file's contents
+    when the caller has already read it (it is then not read again).
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"init_from={p} does not exist (point it at a pretraining run's checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user mistake
-        raise UserError(f"init_from={p} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+    ckpt = checkpoint
+    if ckpt is None:
+        if not p.is_file():
+            raise UserError(f"init_from={p} does not exist (point it at a pretraining run's checkpoints/last.ckpt)")
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user mistake
+            raise UserError(f"init_from={p} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"init_from={p} has no state_dict: is it a Lightning checkpoint written by train.py?")
