@@ -7,6 +7,11 @@ and cosFormer on random bf16 inputs ``(batch, heads, seq, head_dim)`` with ``tri
 (median after warm-up; the first call autotunes). Prints one line per feature map.
 
     python scripts/profile_triton_linear.py --seq 1048576
+    python scripts/profile_triton_linear.py --seq 4096,16384   # short lengths: where launch cost shows
+
+Besides ``do_bench``'s GPU-side medians it prints ``events``, the whole forward + backward timed with
+CUDA events from the host's side as ``scripts/bench_attention.py`` does (includes any time the GPU waits
+for the host), and ``host``, the CPU time to issue one forward + backward without synchronising.
 """
 
 from __future__ import annotations
@@ -26,29 +31,33 @@ from longseq.attention.performer import PerformerAttention  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq", type=int, default=1 << 20)
+    p.add_argument("--seq", default=str(1 << 20), help="comma-separated lengths")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--features", type=int, default=256)
+    p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
 
-    shape = (args.batch, args.heads, args.seq, args.head_dim)
-    q, k, v, g = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    projection = PerformerAttention(args.head_dim, args.seq, num_features=args.features).projection.cuda()
-    specs = {
-        "favor": fused.FeatureSpec("favor", projection=projection, eps=1e-6),
-        "elu": fused.FeatureSpec("elu"),
-        "cos": fused.FeatureSpec("cos", horizon=args.seq),
-    }
-    count = real_token_count(None, args.seq, torch.float32)
-    for x in (q, k, v):
-        x.requires_grad_(True)
-    for name, spec in specs.items():
-        times = stage_times(spec, q, k, v, g, count)
-        print(f"{name}: " + ", ".join(f"{key} {ms:.2f} ms" for key, ms in times.items()), flush=True)
+    for seq in (int(x) for x in args.seq.split(",")):
+        shape = (args.batch, args.heads, seq, args.head_dim)
+        q, k, v, g = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        projection = PerformerAttention(args.head_dim, seq, num_features=args.features).projection.cuda()
+        specs = {
+            "favor": fused.FeatureSpec("favor", projection=projection, eps=1e-6),
+            "elu": fused.FeatureSpec("elu"),
+            "cos": fused.FeatureSpec("cos", horizon=seq),
+        }
+        count = real_token_count(None, seq, torch.float32)
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        if args.host_breakdown:
+            host_breakdown(specs["elu"], q, k, v, count)
+        for name, spec in specs.items():
+            times = stage_times(spec, q, k, v, g, count)
+            print(f"seq {seq} {name}: " + ", ".join(f"{key} {ms:.3f} ms" for key, ms in times.items()), flush=True)
 
 
 def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
@@ -66,14 +75,64 @@ def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
         q.grad = k.grad = v.grad = None
 
     return {
-        "state fwd": do_bench(lambda: fused._StateFn.apply(k.detach(), v.detach(), None, spec, None, 0)),
+        "state fwd": do_bench(lambda: fused._StateFn.apply(k.detach(), v.detach(), None, spec, None, 0, count)),
         "readout fwd": do_bench(
             lambda: fused._ReadoutFn.apply(q.detach(), s_leaf.detach(), z_leaf.detach(), spec, None, 0)
         ),
         "readout bwd": do_bench(lambda: torch.autograd.grad(out, (q, s_leaf, z_leaf), g, retain_graph=True)),
         "state bwd": do_bench(lambda: torch.autograd.grad((s, z), (k, v), (ds, dz), retain_graph=True)),
         "fwd+bwd": do_bench(full),
+        **host_times(full),
     }
+
+
+def host_breakdown(spec, q, k, v, count, reps: int = 200) -> None:  # noqa: ANN001
+    """Mean host microseconds to issue pieces of the elu forward (no synchronisation)."""
+    import time
+
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    s, z, _ = fused._StateFn.apply(kd, vd, None, spec, None, 0, count)
+    bh, m, d = s.shape[0] * s.shape[1], s.shape[2], s.shape[3]
+    parts = (torch.empty(bh, 4, m, d, device="cuda"), torch.empty(bh, 4, m, device="cuda"), None, None)
+    pieces = {
+        "torch.empty": lambda: torch.empty(bh, m, d, device="cuda"),
+        "torch add": lambda: s + s,
+        "combine launch": lambda: fused._combine(parts, bh, s.shape[1], m, d, s.device),
+        "state fwd (2 launches)": lambda: fused._StateFn.apply(kd, vd, None, spec, None, 0, count),
+        "readout fwd (1 launch)": lambda: fused._ReadoutFn.apply(qd, s, z, spec, None, 0),
+    }
+    for name, fn in pieces.items():
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        us = (time.perf_counter() - t0) / reps * 1e6
+        torch.cuda.synchronize()
+        print(f"host {name}: {us:.1f} us", flush=True)
+
+
+def host_times(fn, reps: int = 50) -> dict[str, float]:  # noqa: ANN001
+    """``events``: median CUDA-event time of ``fn`` issued from an idle host (as the benchmark times it);
+    ``host``: mean CPU time to issue ``fn`` without waiting for the GPU."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host = (time.perf_counter() - t0) / reps * 1e3
+    torch.cuda.synchronize()
+    return {"events": statistics.median(times), "host": host}
 
 if __name__ == "__main__":
     main()

@@ -107,7 +107,7 @@ def sharded_error(device: str) -> float:
     s, z = tlin.fused_state(k, v, mask, count, whole, chunk_tokens=CHUNK)
     expected = tlin.fused_readout(q, s, z, whole, chunk_tokens=CHUNK)
     halves = [slice(0, 80), slice(80, 160)]
-    maxima = [tlin._StateFn.apply(k[:, :, h], v[:, :, h], mask[:, h], whole, CHUNK, 0)[3] for h in halves]
+    maxima = [tlin._StateFn.apply(k[:, :, h], v[:, :, h], mask[:, h], whole, CHUNK, 0, count)[2] for h in halves]
     global_max = torch.maximum(*maxima)
     spec = tlin.FeatureSpec("favor", projection=proj, eps=1e-3, key_max_reduce=lambda m: global_max)
     states = [tlin.fused_state(k[:, :, h], v[:, :, h], mask[:, h], count, spec, chunk_tokens=CHUNK) for h in halves]

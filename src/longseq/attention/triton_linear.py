@@ -151,10 +151,14 @@ def check_impl(impl: str, owner: str) -> str:
 # Kernels
 # --------------------------------------------------------------------------------------------------
 
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
 if HAVE_TRITON:
     # Module constants used inside kernels must be constexpr for Triton.
     _FLOOR = tl.constexpr(DENOMINATOR_FLOOR)
     _NEG = tl.constexpr(NEG_BIG)
+    _LN2 = tl.constexpr(LN2)
 
     def _configs() -> list:
         if interpreter_on():
@@ -166,17 +170,51 @@ if HAVE_TRITON:
             for bn in (64, 128) for w in (4, 8) for st in (2, 3)
         ]
 
-    # Tuned per (length, sizes, feature map); every kernel overwrites its whole output, so the trial
-    # runs of the tuner leave nothing behind.
+    class _Tuned:
+        """``kernel[grid](*args, **constexprs)`` with ``BLOCK_N``/warps/stages chosen once per (length,
+        constexprs) by timing each candidate, then cached. Plays the part of ``triton.autotune``, whose
+        per-call bookkeeping costs about 40 µs of host time per launch (measured on the H100 host),
+        which at short lengths is most of the step. Every tuned kernel overwrites its whole output, so
+        the trial runs leave nothing behind. The length is the kernel's ``N`` argument."""
+
+        def __init__(self, fn) -> None:  # noqa: ANN001
+            self.fn, self.n_index, self.best = fn, fn.arg_names.index("N"), {}
+
+        def __getitem__(self, grid):  # noqa: ANN001, ANN204
+            return functools.partial(self._launch, grid)
+
+        def _launch(self, grid, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            key = (args[self.n_index], *sorted(kwargs.items()))
+            cfg = self.best.get(key)
+            if cfg is None:
+                cfg = self.best[key] = self._choose(grid, args, kwargs)
+            meta = {**kwargs, **cfg.kwargs}
+            g = grid(meta) if callable(grid) else grid
+            return self.fn[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+        def _choose(self, grid, args, kwargs):  # noqa: ANN001, ANN202
+            configs = _configs()
+            if len(configs) == 1:
+                return configs[0]
+            timings = {}
+            for cfg in configs:
+                meta = {**kwargs, **cfg.kwargs}
+                g = grid(meta) if callable(grid) else grid
+
+                def call(cfg=cfg, meta=meta, g=g) -> None:
+                    self.fn[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+                try:
+                    timings[cfg] = triton.testing.do_bench(call, warmup=5, rep=25)
+                except Exception:  # noqa: BLE001 - a candidate that does not fit (shared memory, registers)
+                    continue
+            if not timings:
+                raise RuntimeError(f"no kernel configuration of {self.fn.__name__} could run")
+            return min(timings, key=timings.get)
+
     # Lengths and positions are not specialised on (Triton would otherwise compile a new variant of
     # every candidate whenever their divisibility by 16 changes, i.e. at many sequence lengths).
     _LENGTHS = ["H", "N", "pos0"]
-
-    # Short timing runs per candidate: the tuner runs once per new length, inside the first step.
-    _tuned = triton.autotune(
-        configs=_configs(), key=["N", "D", "M", "FEAT"],
-        do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=25),
-    )
 
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
@@ -186,76 +224,58 @@ if HAVE_TRITON:
         return tl.dot(a, b)
 
     @triton.jit
-    def _features(
-        x,  # (BLOCK_N, D) tile in the input dtype
-        rows,  # (BLOCK_N,) token positions
-        fb,  # feature block index
-        W,  # (M, D) pre-scaled projection (favor), input dtype
-        half_norm_scale,  # 0.5·d^{-1/2} (favor)
-        angle_scale,  # π/(2M) (cos)
-        FEAT: tl.constexpr,
-        D: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        IEEE: tl.constexpr,
-    ):
-        """Pre-activation of feature block ``fb``: FAVOR+ logits (BLOCK_N, BLOCK_M) fp32 without any
-        stabiliser; for elu/cos the fp32 features themselves (BLOCK_M == D)."""
-        if FEAT == 0:
-            cols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            w = tl.load(W + cols[:, None] * D + tl.arange(0, D)[None, :])  # (BLOCK_M, D)
-            xf = x.to(tl.float32)
-            half_norm = tl.sum(xf * xf, axis=1) * half_norm_scale  # (BLOCK_N,)
-            return _dot(x, tl.trans(w), IEEE) - half_norm[:, None]
-        elif FEAT == 1:
-            xf = x.to(tl.float32)
+    def _elu_cos_features(xf, rows, fb, angle_scale, FEAT: tl.constexpr):
+        """elu+1 (FEAT 1) or cosFormer block ``fb`` (FEAT 2: 0 = cos half, 1 = sin half) of an fp32 tile
+        ``xf`` (BLOCK_N, D) at token positions ``rows``."""
+        if FEAT == 1:
             # exp(min(x, 0)): the unselected branch must not overflow (see linear_elu.elu_plus_one)
             return tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0)))
-        else:
-            xf = x.to(tl.float32)
-            angle = rows.to(tl.float32) * angle_scale
-            weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
-            return tl.maximum(xf, 0.0) * weight[:, None]
+        angle = rows.to(tl.float32) * angle_scale
+        weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
+        return tl.maximum(xf, 0.0) * weight[:, None]
 
     @triton.jit
-    def _logits_t(xt, fb, W, half_norm_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
-        """FAVOR+ logits of feature block ``fb``, transposed: ``xt`` (D, BLOCK_N) -> (BLOCK_M, BLOCK_N)."""
-        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-        w = tl.load(W + fcols[:, None] * D + tl.arange(0, D)[None, :])  # (BLOCK_M, D)
-        xf = xt.to(tl.float32)
-        half_norm = tl.sum(xf * xf, axis=0) * half_norm_scale  # (BLOCK_N,)
-        return _dot(w, xt, IEEE) - half_norm[None, :]
+    def _elu_cos_grad(dphi, phi, xf, rows, fb, angle_scale, FEAT: tl.constexpr):
+        """dx of block ``fb`` from dφ (BLOCK_N, D) and the features φ of the fp32 tile ``xf``."""
+        if FEAT == 1:
+            return dphi * tl.where(xf > 0, 1.0, phi)
+        angle = rows.to(tl.float32) * angle_scale
+        weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
+        return dphi * tl.where(xf > 0, weight[:, None], 0.0)
 
     @triton.jit
-    def _feature_grad(
-        dphi,  # (BLOCK_N, BLOCK_M) fp32: gradient w.r.t. the un-scaled feature core
-        core,  # (BLOCK_N, BLOCK_M) fp32: exp(l − stabiliser) (favor) or the features (elu/cos)
-        x,
-        rows,
-        fb,
-        W,
-        angle_scale,
-        FEAT: tl.constexpr,
-        D: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        IEEE: tl.constexpr,
-    ):
-        """Contribution of feature block ``fb`` to dx, plus (favor) the row sums of dlogits, which the
-        caller turns into the ‖x'‖² term once for all blocks."""
-        if FEAT == 0:
-            dl = dphi * core  # d exp(l − s) / dl = exp(l − s)
-            cols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            w = tl.load(W + cols[:, None] * D + tl.arange(0, D)[None, :])  # (BLOCK_M, D)
-            return _dot(dl.to(w.dtype), w, IEEE), tl.sum(dl, axis=1)
-        elif FEAT == 1:
-            xf = x.to(tl.float32)
-            return dphi * tl.where(xf > 0, 1.0, core), tl.zeros_like(tl.sum(dphi, axis=1))
+    def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
+                          stride_kn, stride_vn, half_norm_scale, fb,
+                          MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr):
+        # Flash attention's forward with the roles turned: the feature rows of W are the "queries",
+        # keys the "keys", v the values; the running max is per feature (row of the tile), so the
+        # rescale stays within a row. Logits are in log2 units (W and the norm scale carry log2 e).
+        if MASKED:
+            ok = rows < stop
+            if HAS_MASK:
+                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
         else:
-            xf = x.to(tl.float32)
-            angle = rows.to(tl.float32) * angle_scale
-            weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
-            return dphi * tl.where(xf > 0, weight[:, None], 0.0), tl.zeros_like(tl.sum(dphi, axis=1))
+            k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :])
+            v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :])
+        kf = k.to(tl.float32)
+        half_norm = tl.sum(kf * kf, axis=1) * half_norm_scale  # (BLOCK_N,)
+        lt = _dot(w, tl.trans(k), IEEE) - half_norm[None, :]  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            lt = tl.where(ok[None, :], lt, _NEG)
+        m_new = tl.maximum(m_run, tl.max(lt, axis=1))
+        alpha = tl.exp2(m_run - m_new)
+        pt = tl.exp2(lt - m_new[:, None])
+        if MASKED:  # a feature with no real key yet has m_new = NEG, and exp2(NEG − NEG) = 1
+            pt = tl.where(ok[None, :], pt, 0.0)
+        acc = acc * alpha[:, None] + _dot(pt.to(v.dtype), v, IEEE)
+        zacc = zacc * alpha + tl.sum(pt, axis=1)
+        if fb == 0:  # Σv for the eps term, once per chunk
+            vacc += tl.sum(v.to(tl.float32), axis=0)
+        return acc, zacc, m_new, vacc
 
-    @_tuned
+    @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
     def _state_fwd_kernel(
         K, V, MASK, W,
@@ -266,11 +286,9 @@ if HAVE_TRITON:
         FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # Features are built transposed, (BLOCK_M, BLOCK_N) = W_f · kᵀ, so that they enter φᵀV as the
-        # left operand straight from the accumulator layout (no transpose through shared memory).
-        # FAVOR+: one program per feature block (grid axis 0, fastest, so the programs reading the
-        # same chunk of k, v run together and share it through L2). elu/cos: one program builds every
-        # block (cos: the cos and sin halves) from one load.
+        # One program per (feature block [FAVOR+ only], sequence chunk, batch·head) writes the partial
+        # sums of its chunk. Feature block is the fastest grid axis, so the programs that read the same
+        # keys run together and share them through L2.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -278,70 +296,130 @@ if HAVE_TRITON:
         h = bh % H
         k_base = K + b * stride_kb + h * stride_kh
         v_base = V + b * stride_vb + h * stride_vh
+        mask_base = MASK + b * stride_mb
         cols = tl.arange(0, D)
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
+        part = bh * num_chunks + chunk
+        if FEAT == 0:
+            fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+            w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), loaded once
+            acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+            zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            m_run = tl.full((BLOCK_M,), _NEG, tl.float32)
+            vacc = tl.zeros((D,), dtype=tl.float32)
+            # Whole tiles without any masking, then the ragged tail (or every tile under a mask).
+            if HAS_MASK:
+                full_stop = start
+            else:
+                full_stop = start + (stop - start) // BLOCK_N * BLOCK_N
+            for row0 in range(start, full_stop, BLOCK_N):
+                acc, zacc, m_run, vacc = _favor_state_tile(
+                    acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+                    cols, stride_kn, stride_vn, half_norm_scale, fb, False, HAS_MASK, IEEE)
+            for row0 in range(full_stop, stop, BLOCK_N):
+                acc, zacc, m_run, vacc = _favor_state_tile(
+                    acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+                    cols, stride_kn, stride_vn, half_norm_scale, fb, True, HAS_MASK, IEEE)
+            tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+            tl.store(Z_part + part * M + fcols, zacc)
+            tl.store(M_part + part * M + fcols, m_run)
+            if fb == 0:
+                tl.store(VS_part + part * D + cols, vacc)
+        else:
+            # elu/cos: one program builds every feature block (cos: the cos and sin halves) from one
+            # load, transposed (D, BLOCK_N) so the features are the left operand as loaded.
+            acc = tl.zeros((D, D), dtype=tl.float32)
+            zacc = tl.zeros((D,), dtype=tl.float32)
+            acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
+            zacc2 = tl.zeros((D,), dtype=tl.float32)
+            for row0 in range(start, stop, BLOCK_N):
+                rows = row0 + tl.arange(0, BLOCK_N)
+                ok = rows < stop
+                if HAS_MASK:
+                    ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+                kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
+                v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
+                xf = kt.to(tl.float32)
+                if FEAT == 1:
+                    pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
+                    acc += _dot(pt.to(v.dtype), v, IEEE)
+                    zacc += tl.sum(pt, axis=1)
+                else:
+                    angle = (rows + pos0).to(tl.float32) * angle_scale
+                    r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
+                    pc = r * tl.cos(angle)[None, :]
+                    ps = r * tl.sin(angle)[None, :]
+                    acc += _dot(pc.to(v.dtype), v, IEEE)
+                    zacc += tl.sum(pc, axis=1)
+                    acc2 += _dot(ps.to(v.dtype), v, IEEE)
+                    zacc2 += tl.sum(ps, axis=1)
+            fcols = tl.arange(0, D)
+            tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+            tl.store(Z_part + part * M + fcols, zacc)
+            if FEAT == 2:
+                tl.store(S_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
+                tl.store(Z_part + part * M + D + fcols, zacc2)
+
+    @triton.jit(do_not_specialize=["H", "num_chunks"])
+    def _combine_kernel(
+        S_part, Z_part, M_part, VS_part, KMAX, COUNT, NREAL, S, Z,
+        H, num_chunks, count_s, nreal_s, eps, c,
+        RESCALE: tl.constexpr, FAVOR_EPS: tl.constexpr, PER_BATCH: tl.constexpr,
+        D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        # Sum of the chunks' partial states of one block of features (deterministic order). RESCALE:
+        # each partial is rescaled from its own per-feature max to the key max KMAX (FAVOR+). Then the
+        # FAVOR+ eps part (c·eps·Σv, c·eps·n) and the division by the real-token count.
+        fb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        cols = tl.arange(0, D)
+        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_M, D), dtype=tl.float32)  # cos: the sin half
-        zacc2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         vacc = tl.zeros((D,), dtype=tl.float32)
-        m_run = tl.full((), _NEG, tl.float32)
-        for row0 in range(start, stop, BLOCK_N):
-            rows = row0 + tl.arange(0, BLOCK_N)
-            ok = rows < stop
-            if HAS_MASK:
-                ok = ok & (tl.load(MASK + b * stride_mb + rows, mask=ok, other=0) != 0)
-            kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
-            v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
-            if FEAT == 0:
-                lt = _logits_t(kt, fb, W, half_norm_scale, D, BLOCK_M, IEEE)
-                lt = tl.where(ok[None, :], lt, _NEG)
-                m_new = tl.maximum(m_run, tl.max(tl.max(lt, axis=1), axis=0))
-                alpha = tl.exp(m_run - m_new)
-                pt = tl.where(ok[None, :], tl.exp(lt - m_new), 0.0)
-                acc = acc * alpha + _dot(pt.to(v.dtype), v, IEEE)
-                zacc = zacc * alpha + tl.sum(pt, axis=1)
-                m_run = m_new
-            elif FEAT == 1:
-                xf = kt.to(tl.float32)
-                pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
-                acc += _dot(pt.to(v.dtype), v, IEEE)
-                zacc += tl.sum(pt, axis=1)
-            else:
-                angle = (rows + pos0).to(tl.float32) * angle_scale
-                r = tl.where(ok[None, :], tl.maximum(kt.to(tl.float32), 0.0), 0.0)
-                pc = r * tl.cos(angle)[None, :]
-                ps = r * tl.sin(angle)[None, :]
-                acc += _dot(pc.to(v.dtype), v, IEEE)
-                zacc += tl.sum(pc, axis=1)
-                acc2 += _dot(ps.to(v.dtype), v, IEEE)
-                zacc2 += tl.sum(ps, axis=1)
-            vacc += tl.sum(v.to(tl.float32), axis=0)
-        part = bh * num_chunks + chunk
-        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-        tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
-        tl.store(Z_part + part * M + fcols, zacc)
-        if FEAT == 0:
-            tl.store(M_part + part * (M // BLOCK_M) + fb, m_run)
-        if FEAT == 2:
-            tl.store(S_part + part * M * D + (BLOCK_M + fcols[:, None]) * D + cols[None, :], acc2)
-            tl.store(Z_part + part * M + BLOCK_M + fcols, zacc2)
-        if fb == 0:
-            tl.store(VS_part + part * D + cols, vacc)
+        if RESCALE:
+            kmax = tl.load(KMAX + bh)
+        for chunk in range(num_chunks):
+            part = bh * num_chunks + chunk
+            s = tl.load(S_part + part * M * D + fcols[:, None] * D + cols[None, :])
+            z = tl.load(Z_part + part * M + fcols)
+            if RESCALE:
+                # ≤ 1: kmax is the max over every chunk (and shard); a chunk with no real key has
+                # NEG maxima and zero sums.
+                scale = tl.exp2(tl.load(M_part + part * M + fcols) - kmax)
+                s = s * scale[:, None]
+                z = z * scale
+            acc += s
+            zacc += z
+            if FAVOR_EPS:
+                vacc += tl.load(VS_part + part * D + cols)
+        if PER_BATCH:
+            count = tl.load(COUNT + b)
+            nreal = tl.load(NREAL + b)
+        else:
+            count = count_s
+            nreal = nreal_s
+        if FAVOR_EPS:
+            acc = c * (acc + eps * vacc[None, :])
+            zacc = c * (zacc + eps * nreal)
+        tl.store(S + bh * M * D + fcols[:, None] * D + cols[None, :], acc / count)
+        tl.store(Z + bh * M + fcols, zacc / count)
 
-    @_tuned
+    @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _state_bwd_kernel(
-        K, V, MASK, W, KMAX, DS, DZ, DVS, DK, DV,
+        K, V, MASK, W, KMAX, DS, DZ, COUNT, DK, DV,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N,
-        half_norm_scale, angle_scale, pos0,
-        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+        half_norm_scale, angle_scale, pos0, eps, c, count_s,
+        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, PER_BATCH: tl.constexpr, D: tl.constexpr,
+        M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # S_core = Σ_j φ_j v_jᵀ, z_core = Σ_j φ_j, vsum = Σ_j v_j over real keys j of one (batch, head):
-        # dv_j = φ_j·dS + dvsum, dφ_j = dS·v_j + dz.
+        # S = c/count·(Σ_j core_j v_jᵀ + eps·Σ_j v_j), z = c/count·(Σ_j core_j + eps·n) over real keys j
+        # (elu/cos: c = 1, eps = 0, core = φ). With dS' = c/count·dS, dz' = c/count·dz:
+        # dv_j = core_j·dS' + eps·Σ_f dS'_f, d core_j = dS'·v_j + dz'.
         tile = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -356,52 +434,60 @@ if HAVE_TRITON:
                     mask=ok[:, None], other=0.0)
         v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vn + cols[None, :],
                     mask=ok[:, None], other=0.0)
-        dvs = tl.load(DVS + bh * D + cols)
-        dv = tl.where(ok[:, None], dvs[None, :], 0.0)
+        kf = k.to(tl.float32)
+        if PER_BATCH:
+            scale = c / tl.load(COUNT + b)
+        else:
+            scale = c / count_s
+        dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        kmax = tl.load(KMAX + bh)
+        dvs = tl.zeros((D,), dtype=tl.float32)
+        if FEAT == 0:
+            kmax = tl.load(KMAX + bh)
+            half_norm = tl.sum(kf * kf, axis=1) * half_norm_scale
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            pre = _features(k, rows + pos0, fb, W, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
+            ds = tl.load(DS + bh * M * D + fcols[:, None] * D + cols[None, :]) * scale  # (BLOCK_M, D)
+            dz = tl.load(DZ + bh * M + fcols) * scale
+            ds_in = ds.to(v.dtype)
             if FEAT == 0:
-                # Padded rows are zeroed keys whose logits may exceed the max: clamp before exp.
-                core = tl.exp(tl.minimum(pre - kmax, 0.0))
+                w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
+                lt = _dot(k, tl.trans(w), IEEE) - half_norm[:, None]
+                # Padded rows are zeroed keys whose logits may exceed the max: clamp, then zero them.
+                core = tl.where(ok[:, None], tl.exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
+                dv += _dot(core.to(v.dtype), ds_in, IEEE)
+                dl = (_dot(v, tl.trans(ds_in), IEEE) + dz[None, :]) * core
+                dx += _dot(dl.to(w.dtype), w, IEEE)
+                dl_rows += tl.sum(dl, axis=1)
+                dvs += tl.sum(ds, axis=0)
             else:
-                core = pre
-            core = tl.where(ok[:, None], core, 0.0)
-            ds = tl.load(DS + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D) fp32
-            dz = tl.load(DZ + bh * M + fcols)
-            dv += _dot(core.to(v.dtype), ds.to(v.dtype), IEEE)
-            dphi = _dot(v, tl.trans(ds.to(v.dtype)), IEEE) + dz[None, :]
-            dphi = tl.where(ok[:, None], dphi, 0.0)
-            g, r = _feature_grad(dphi, core, k, rows + pos0, fb, W, angle_scale, FEAT, D, BLOCK_M, IEEE)
-            dx += g
-            dl_rows += r
+                phi = tl.where(ok[:, None], _elu_cos_features(kf, rows + pos0, fb, angle_scale, FEAT), 0.0)
+                dv += _dot(phi.to(v.dtype), ds_in, IEEE)
+                dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
+                dx += _elu_cos_grad(dphi, phi, kf, rows + pos0, fb, angle_scale, FEAT)
         if FEAT == 0:
-            dx -= dl_rows[:, None] * (2.0 * half_norm_scale) * k.to(tl.float32)
+            # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
+            dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
+            dv = tl.where(ok[:, None], dv + eps * dvs[None, :], 0.0)
         out = bh * N * D + rows[:, None] * D + cols[None, :]
         tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
 
-    @triton.jit
-    def _query_core(q, rows, fb, W, m_row, half_norm_scale, angle_scale,
-                    FEAT: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
-        pre = _features(q, rows, fb, W, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
-        if FEAT == 0:
-            return tl.exp(pre - m_row[:, None])
-        return pre
-
-    @_tuned
+    @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _readout_fwd_kernel(
         Q, W, S, Z, SCOL, ZSUM, OUT, DEN, MROW,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        half_norm_scale, angle_scale, pos0, eps, c,
+        angle_scale, pos0, eps, c,
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
+        # One program per (token tile, batch·head), looping over feature blocks. FAVOR+: the query
+        # stabiliser is the row max over features, found online as flash attention does over keys. The
+        # −‖q'‖²/2 term is constant per row, so it cancels against that max and is not computed (its
+        # gradient is added in the backward, as the reference has it).
         tile = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -416,53 +502,51 @@ if HAVE_TRITON:
         m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            pre = _features(q, rows + pos0, fb, W, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
             s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D) fp32
             z = tl.load(Z + bh * M + fcols)
             if FEAT == 0:
-                m_new = tl.maximum(m_row, tl.max(pre, axis=1))
-                alpha = tl.exp(m_row - m_new)
-                p = tl.exp(pre - m_new[:, None])
+                w = tl.load(W + fcols[:, None] * D + cols[None, :])
+                lg = _dot(q, tl.trans(w), IEEE)  # (BLOCK_N, BLOCK_M), log2 units
+                m_new = tl.maximum(m_row, tl.max(lg, axis=1))
+                alpha = tl.exp2(m_row - m_new)
+                p = tl.exp2(lg - m_new[:, None])
                 acc = acc * alpha[:, None]
                 den = den * alpha
                 m_row = m_new
             else:
-                p = pre
+                p = _elu_cos_features(q.to(tl.float32), rows + pos0, fb, angle_scale, FEAT)
             acc += _dot(p.to(q.dtype), s.to(q.dtype), IEEE)
             den += tl.sum(p * z[None, :], axis=1)
         if FEAT == 0:
             acc = c * (acc + eps * tl.load(SCOL + bh * D + cols)[None, :])
             den = c * (den + eps * tl.load(ZSUM + bh))
+            tl.store(DEN + bh * N + rows, den, mask=inside)
+            tl.store(MROW + bh * N + rows, m_row, mask=inside)
         out = acc / tl.maximum(den, _FLOOR)[:, None]
         tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
                  mask=inside[:, None])
-        tl.store(DEN + bh * N + rows, den, mask=inside)
-        tl.store(MROW + bh * N + rows, m_row, mask=inside)
 
     @triton.jit
-    def _readout_grads(G, OUT, DEN, bh, rows, inside, cols, N, D: tl.constexpr):
+    def _readout_grads(g, o, den):
         """Per query row: d num = g/den, d den = −g·out/den (0 where the clamp was active)."""
-        g = tl.load(G + bh * N * D + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
-        o = tl.load(OUT + bh * N * D + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
-        den = tl.load(DEN + bh * N + rows, mask=inside, other=1.0)
         den_c = tl.maximum(den, _FLOOR)
         g = g.to(tl.float32)
         dnum = g / den_c[:, None]
         dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o.to(tl.float32), axis=1) / den_c)
         return dnum, dden
 
-    @_tuned
+    @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
-    def _readout_bwd_dq_kernel(
+    def _favor_readout_bwd_dq_kernel(
         Q, W, S, Z, G, OUT, DEN, MROW, DQ,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        half_norm_scale, angle_scale, pos0, c,
-        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        half_norm_scale, c,
+        D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
         # num_i = Σ_f φ_if S_f, den_i = Σ_f φ_if z_f with φ = c·(core + eps):
-        # d core_if = c·(S_f·dnum_i + z_f·dden_i).
+        # d core_if = c·(S_f·dnum_i + z_f·dden_i), dl = d core·core.
         tile = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -472,38 +556,41 @@ if HAVE_TRITON:
         inside = rows < N
         q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
                     mask=inside[:, None], other=0.0)
-        dnum, dden = _readout_grads(G, OUT, DEN, bh, rows, inside, cols, N, D)
+        io = bh * N * D + rows[:, None] * D + cols[None, :]
+        g = tl.load(G + io, mask=inside[:, None], other=0.0)
+        o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
+        dnum, dden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
+        dnum_in = (c * dnum).to(q.dtype)
+        dden = c * dden
         m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
         dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            core = _query_core(q, rows + pos0, fb, W, m_row, half_norm_scale, angle_scale, FEAT, D, BLOCK_M, IEEE)
+            w = tl.load(W + fcols[:, None] * D + cols[None, :])
             s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])
             z = tl.load(Z + bh * M + fcols)
-            dphi = c * (_dot(dnum.to(q.dtype), tl.trans(s.to(q.dtype)), IEEE) + dden[:, None] * z[None, :])
-            g, r = _feature_grad(dphi, core, q, rows + pos0, fb, W, angle_scale, FEAT, D, BLOCK_M, IEEE)
-            dx += g
-            dl_rows += r
-        if FEAT == 0:
-            dx -= dl_rows[:, None] * (2.0 * half_norm_scale) * q.to(tl.float32)
-        tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
-                 mask=inside[:, None])
+            core = tl.exp2(_dot(q, tl.trans(w), IEEE) - m_row[:, None])
+            dl = (_dot(dnum_in, tl.trans(s.to(q.dtype)), IEEE) + dden[:, None] * z[None, :]) * core
+            dx += _dot(dl.to(w.dtype), w, IEEE)
+            dl_rows += tl.sum(dl, axis=1)
+        dx = dx * _LN2 - dl_rows[:, None] * (2.0 * half_norm_scale) * q.to(tl.float32)
+        tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
-    @_tuned
+    @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
-    def _readout_bwd_dstate_kernel(
-        Q, W, S, Z, G, OUT, DEN, MROW, DQ, DS_part, DZ_part,
+    def _favor_readout_bwd_dstate_kernel(
+        Q, W, G, OUT, DEN, MROW, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
         H, N, chunk_len, num_chunks,
-        half_norm_scale, angle_scale, pos0, eps, c,
-        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        eps, c,
+        D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # dS_f = Σ_i φ_if dnum_i, dz_f = Σ_i φ_if dden_i: partial sums over one chunk of queries, with
-        # the features built transposed (BLOCK_M, BLOCK_N) so they are the left operand as computed.
-        # FAVOR+: one program per feature block; dq comes from _readout_bwd_dq_kernel. elu/cos: one
-        # program holds every block (at most two) and also writes dq, so q, dO and out are read once.
+        # dS_f = Σ_i φ_if dnum_i, dz_f = Σ_i φ_if dden_i over one chunk of queries, one program per
+        # (feature block, chunk, batch·head) with its W rows loaded once; features built transposed
+        # (BLOCK_M, BLOCK_N) so they are the left operand as computed. Rows past the chunk load g = 0
+        # and contribute nothing.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -513,61 +600,147 @@ if HAVE_TRITON:
         q_base = Q + b * stride_qb + h * stride_qh
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
+        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+        w = tl.load(W + fcols[:, None] * D + cols[None, :])
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_M, D), dtype=tl.float32)  # cos: the sin half
-        zacc2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        if FEAT != 0:
-            # Sᵀ of each block (D, BLOCK_M) in the input dtype, and z: loaded once for the chunk.
-            fcols = tl.arange(0, BLOCK_M)
-            st = tl.load(S + bh * M * D + fcols[None, :] * D + cols[:, None]).to(Q.dtype.element_ty)
-            zf = tl.load(Z + bh * M + fcols)
-            if FEAT == 2:
-                st2 = tl.load(S + bh * M * D + (BLOCK_M + fcols[None, :]) * D + cols[:, None]).to(Q.dtype.element_ty)
-                zf2 = tl.load(Z + bh * M + BLOCK_M + fcols)
+        for row0 in range(start, stop, BLOCK_N):
+            rows = row0 + tl.arange(0, BLOCK_N)
+            inside = rows < stop
+            q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
+            io = bh * N * D + rows[:, None] * D + cols[None, :]
+            g = tl.load(G + io, mask=inside[:, None], other=0.0)
+            o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
+            dnum, dden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
+            m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
+            pt = c * (tl.exp2(_dot(w, tl.trans(q), IEEE) - m_row[None, :]) + eps)  # (BLOCK_M, BLOCK_N)
+            acc += _dot(pt.to(q.dtype), dnum.to(q.dtype), IEEE)
+            zacc += tl.sum(pt * dden[None, :], axis=1)
+        part = bh * num_chunks + chunk
+        tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+        tl.store(DZ_part + part * M + fcols, zacc)
+
+    @triton.jit
+    def _elu_cos_readout_rows(q, g, s1, z1, s2, z2, rows, angle_scale, FEAT: tl.constexpr, IEEE: tl.constexpr):
+        """Features of a query tile and the per-row read-out gradients. The output and its denominator
+        are recomputed from φ(q), S and z (a (BLOCK_N, D)·(D, D) product) instead of being read back."""
+        xf = q.to(tl.float32)
+        p1 = _elu_cos_features(xf, rows, 0, angle_scale, FEAT)
+        num = _dot(p1.to(q.dtype), s1, IEEE)
+        den = tl.sum(p1 * z1[None, :], axis=1)
+        p2 = p1  # cos: the sin half
+        if FEAT == 2:
+            p2 = _elu_cos_features(xf, rows, 1, angle_scale, FEAT)
+            num += _dot(p2.to(q.dtype), s2, IEEE)
+            den += tl.sum(p2 * z2[None, :], axis=1)
+        dnum, dden = _readout_grads(g, num / tl.maximum(den, _FLOOR)[:, None], den)
+        return xf, p1, p2, dnum, dden
+
+    @_Tuned
+    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
+    def _elu_cos_readout_bwd_dstate_kernel(
+        Q, S, Z, G, DS_part, DZ_part,
+        stride_qb, stride_qh, stride_qn,
+        H, N, chunk_len, num_chunks,
+        angle_scale, pos0,
+        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        # dS = Σ_i φ_iᵀ dnum_i, dz = Σ_i φ_i dden_i over one chunk of queries. Shaped like the state
+        # forward (which runs at the memory floor): features built transposed (D, BLOCK_N) from a
+        # transposed load, so they are the left operand as computed, and dO row-major on the right.
+        # dnum = g/den, dden = −g·num/den² with den = φ·z and g·num = Σ_f φ_f (S g)_f, so neither the
+        # output nor φ in row orientation is needed. Rows past the chunk load g = 0.
+        chunk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        cols = tl.arange(0, D)
+        q_base = Q + b * stride_qb + h * stride_qh
+        start = chunk * chunk_len
+        stop = tl.minimum(start + chunk_len, N)
+        fcols = tl.arange(0, D)
+        s1 = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :]).to(Q.dtype.element_ty)
+        z1 = tl.load(Z + bh * M + fcols)
+        s2 = s1
+        z2 = z1
+        if FEAT == 2:
+            s2 = tl.load(S + bh * M * D + (D + fcols[:, None]) * D + cols[None, :]).to(Q.dtype.element_ty)
+            z2 = tl.load(Z + bh * M + D + fcols)
+        acc = tl.zeros((D, D), dtype=tl.float32)
+        zacc = tl.zeros((D,), dtype=tl.float32)
+        acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
+        zacc2 = tl.zeros((D,), dtype=tl.float32)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
             inside = rows < stop
             qt = tl.load(q_base + rows[None, :] * stride_qn + cols[:, None], mask=inside[None, :], other=0.0)
-            dnum, dden = _readout_grads(G, OUT, DEN, bh, rows, inside, cols, N, D)
-            dnum_in = dnum.to(Q.dtype.element_ty)
-            if FEAT == 0:
-                m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
-                lt = _logits_t(qt, fb, W, half_norm_scale, D, BLOCK_M, IEEE)
-                pt = tl.where(inside[None, :], c * (tl.exp(lt - m_row[None, :]) + eps), 0.0)
-                acc += _dot(pt.to(Q.dtype.element_ty), dnum_in, IEEE)
-                zacc += tl.sum(pt * dden[None, :], axis=1)
+            g = tl.load(G + bh * N * D + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
+            xft = qt.to(tl.float32)
+            if FEAT == 1:
+                pt = tl.where(xft > 0, xft + 1.0, tl.exp(tl.minimum(xft, 0.0)))  # (D, BLOCK_N)
+                den = tl.sum(pt * z1[:, None], axis=0)
+                gn = tl.sum(pt * _dot(s1, tl.trans(g), IEEE), axis=0)
             else:
-                q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
-                xf = q.to(tl.float32)
-                xft = qt.to(tl.float32)
-                dphi = _dot(dnum_in, st, IEEE) + dden[:, None] * zf[None, :]  # (BLOCK_N, D)
-                if FEAT == 1:
-                    pt = tl.where(inside[None, :], tl.where(xft > 0, xft + 1.0, tl.exp(tl.minimum(xft, 0.0))), 0.0)
-                    acc += _dot(pt.to(Q.dtype.element_ty), dnum_in, IEEE)
-                    zacc += tl.sum(pt * dden[None, :], axis=1)
-                    dx = dphi * tl.where(xf > 0, 1.0, tl.exp(tl.minimum(xf, 0.0)))
-                else:
-                    angle = (rows + pos0).to(tl.float32) * angle_scale
-                    r = tl.where(inside[None, :], tl.maximum(xft, 0.0), 0.0)
-                    pc = r * tl.cos(angle)[None, :]
-                    ps = r * tl.sin(angle)[None, :]
-                    acc += _dot(pc.to(Q.dtype.element_ty), dnum_in, IEEE)
-                    zacc += tl.sum(pc * dden[None, :], axis=1)
-                    acc2 += _dot(ps.to(Q.dtype.element_ty), dnum_in, IEEE)
-                    zacc2 += tl.sum(ps * dden[None, :], axis=1)
-                    dphi2 = _dot(dnum_in, st2, IEEE) + dden[:, None] * zf2[None, :]
-                    on = xf > 0
-                    dx = tl.where(on, dphi * tl.cos(angle)[:, None] + dphi2 * tl.sin(angle)[:, None], 0.0)
-                tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
-                         mask=inside[:, None])
+                angle = (rows + pos0).to(tl.float32) * angle_scale
+                r = tl.maximum(xft, 0.0)
+                pt = r * tl.cos(angle)[None, :]
+                pt2 = r * tl.sin(angle)[None, :]
+                den = tl.sum(pt * z1[:, None] + pt2 * z2[:, None], axis=0)
+                gn = tl.sum(pt * _dot(s1, tl.trans(g), IEEE) + pt2 * _dot(s2, tl.trans(g), IEEE), axis=0)
+            den_c = tl.maximum(den, _FLOOR)
+            dden = tl.where(den < _FLOOR, 0.0, -gn / (den_c * den_c))  # (BLOCK_N,)
+            dnum = (g.to(tl.float32) / den_c[:, None]).to(Q.dtype.element_ty)
+            acc += _dot(pt.to(Q.dtype.element_ty), dnum, IEEE)
+            zacc += tl.sum(pt * dden[None, :], axis=1)
+            if FEAT == 2:
+                acc2 += _dot(pt2.to(Q.dtype.element_ty), dnum, IEEE)
+                zacc2 += tl.sum(pt2 * dden[None, :], axis=1)
         part = bh * num_chunks + chunk
-        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(DZ_part + part * M + fcols, zacc)
         if FEAT == 2:
-            tl.store(DS_part + part * M * D + (BLOCK_M + fcols[:, None]) * D + cols[None, :], acc2)
-            tl.store(DZ_part + part * M + BLOCK_M + fcols, zacc2)
+            tl.store(DS_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
+            tl.store(DZ_part + part * M + D + fcols, zacc2)
+
+    @_Tuned
+    @triton.jit(do_not_specialize=_LENGTHS)
+    def _elu_cos_readout_bwd_dq_kernel(
+        Q, S, Z, G, DQ,
+        stride_qb, stride_qh, stride_qn,
+        H, N,
+        angle_scale, pos0,
+        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        # dφ_i = dnum_i·Sᵀ + dden_i·z, then through the feature map; one program per (tile, batch·head).
+        tile = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        cols = tl.arange(0, D)
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        fcols = tl.arange(0, D)
+        s1 = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :]).to(Q.dtype.element_ty)
+        z1 = tl.load(Z + bh * M + fcols)
+        s2 = s1
+        z2 = z1
+        if FEAT == 2:
+            s2 = tl.load(S + bh * M * D + (D + fcols[:, None]) * D + cols[None, :]).to(Q.dtype.element_ty)
+            z2 = tl.load(Z + bh * M + D + fcols)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
+                    mask=inside[:, None], other=0.0)
+        io = bh * N * D + rows[:, None] * D + cols[None, :]
+        g = tl.load(G + io, mask=inside[:, None], other=0.0)
+        xf, p1, p2, dnum, dden = _elu_cos_readout_rows(q, g, s1, z1, s2, z2, rows + pos0, angle_scale, FEAT, IEEE)
+        dnum_in = dnum.to(Q.dtype.element_ty)
+        dphi = _dot(dnum_in, tl.trans(s1), IEEE) + dden[:, None] * z1[None, :]
+        dx = _elu_cos_grad(dphi, p1, xf, rows + pos0, 0, angle_scale, FEAT)
+        if FEAT == 2:
+            dphi2 = _dot(dnum_in, tl.trans(s2), IEEE) + dden[:, None] * z2[None, :]
+            dx += _elu_cos_grad(dphi2, p2, xf, rows + pos0, 1, angle_scale, FEAT)
+        tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,13 +754,35 @@ class _Plan:
 
     feat: int
     m: int
-    block_m: int
-    w: torch.Tensor  # (M, D) in the input dtype (favor) or a 1-element dummy
-    half_norm_scale: float
+    block_m: int  # feature block of the kernels that loop over features (per token tile)
+    block_m_outer: int  # feature block of the kernels with one program per block (sequence reductions)
+    w: torch.Tensor | None  # (M, D) in the input dtype (favor), else None
+    half_norm_scale: float  # 0.5·d^{-1/2} (natural units)
     angle_scale: float
     eps: float
     c: float
     ieee: bool
+
+
+_W_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _favor_rows(spec: FeatureSpec, x: torch.Tensor) -> torch.Tensor:
+    """The projection as the kernels use it, cached per (buffer, version, dtype): ``[W; −W]`` for the
+    hyperbolic variant, times d^{-1/4} (x' = d^{-1/4}x) and log2 e (the kernels use exp2)."""
+    proj = spec.projection
+    assert proj is not None
+    key = (id(proj), proj._version, proj.data_ptr(), spec.hyperbolic, x.dtype, x.device)
+    w = _W_CACHE.get(key)
+    if w is None:
+        w = proj.to(device=x.device, dtype=torch.float32)
+        if spec.hyperbolic:
+            w = torch.cat([w, -w], dim=0)
+        w = (w * (x.shape[-1] ** -0.25 * LOG2E)).to(x.dtype).contiguous()
+        if len(_W_CACHE) > 64:  # redraws leave stale entries behind
+            _W_CACHE.clear()
+        _W_CACHE[key] = w
+    return w
 
 
 def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
@@ -595,17 +790,17 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
     m = spec.num_features(d)
     ieee = x.dtype == torch.float32
     if spec.kind == "favor":
-        assert spec.projection is not None
-        w = spec.projection.to(device=x.device, dtype=torch.float32)
-        if spec.hyperbolic:
-            w = torch.cat([w, -w], dim=0)
-        # x' = d^{-1/4}·x folded into the rows: l = x·(d^{-1/4} w) − ‖x‖²/(2√d).
-        w = (w * d**-0.25).to(x.dtype).contiguous()
         block_m = next(b for b in (64, 32, 16) if m % b == 0)
-        return _Plan(0, m, block_m, w, 0.5 / math.sqrt(d), 0.0, float(spec.eps), 1.0 / math.sqrt(m), ieee)
-    dummy = torch.zeros(1, device=x.device, dtype=x.dtype)
+        outer = next(b for b in (128, 64, 32, 16) if m % b == 0)
+        return _Plan(0, m, block_m, outer, _favor_rows(spec, x), 0.5 / math.sqrt(d), 0.0, float(spec.eps),
+                     1.0 / math.sqrt(m), ieee)
     angle = math.pi / (2 * spec.horizon) if spec.kind == "cos" else 0.0
-    return _Plan(FEATURE_KINDS[spec.kind], m, d, dummy, 0.0, angle, 0.0, 1.0, ieee)
+    return _Plan(FEATURE_KINDS[spec.kind], m, d, d, None, 0.0, angle, 0.0, 1.0, ieee)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _num_chunks(n: int, programs_per_chunk: int, device: torch.device, chunk_tokens: int | None) -> tuple[int, int]:
@@ -614,8 +809,8 @@ def _num_chunks(n: int, programs_per_chunk: int, device: torch.device, chunk_tok
     if chunk_tokens is None:
         chunk_tokens = DEFAULT_CHUNK_TOKENS
     if chunk_tokens is None:
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        chunks = max(1, min(math.ceil(target / programs_per_chunk), math.ceil(n / CHUNK_ALIGN)))
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 1
+        chunks = max(1, min(math.ceil(4 * sms / programs_per_chunk), math.ceil(n / CHUNK_ALIGN)))
         chunk_tokens = math.ceil(n / chunks)
     chunk_len = max(CHUNK_ALIGN, math.ceil(chunk_tokens / CHUNK_ALIGN) * CHUNK_ALIGN)
     return chunk_len, math.ceil(n / chunk_len)
@@ -630,48 +825,86 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _per_batch(count: torch.Tensor | float, batch: int, device: torch.device) -> tuple[torch.Tensor | None, float]:
+    """``count`` as the kernels take it: (per-batch fp32 tensor, None) or (None, scalar)."""
+    if isinstance(count, torch.Tensor):
+        return count.reshape(batch).to(device=device, dtype=torch.float32).contiguous(), 1.0
+    return None, float(count)
+
+
+def _combine(parts: tuple, bh: int, heads: int, m: int, d: int, device: torch.device, *, kmax=None,
+             count=None, count_s: float = 1.0, nreal=None, nreal_s: float = 1.0, eps: float = 0.0,
+             c: float = 1.0, favor_eps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the chunks' partial states (``parts`` = (S_part, Z_part, M_part | None, VS_part | None)) in
+    one launch; see ``_combine_kernel``."""
+    s_part, z_part, m_part, vs_part = parts
+    chunks = s_part.shape[1]
+    s = torch.empty(bh, m, d, device=device, dtype=torch.float32)
+    z = torch.empty(bh, m, device=device, dtype=torch.float32)
+    block = 16 if m % 16 == 0 else m
+    _combine_kernel[(m // block, bh)](
+        s_part, z_part, m_part if m_part is not None else s_part, vs_part if vs_part is not None else s_part,
+        kmax if kmax is not None else s_part, count if count is not None else s_part,
+        nreal if nreal is not None else s_part, s, z,
+        heads, chunks, count_s, nreal_s, eps, c,
+        RESCALE=kmax is not None, FAVOR_EPS=favor_eps, PER_BATCH=count is not None, D=d, M=m, BLOCK_M=block,
+    )
+    return s, z
+
+
 class _StateFn(torch.autograd.Function):
-    """k, v -> (S_core, z_core, vsum, key_max) of real keys; see :func:`fused_state`."""
+    """k, v -> (S, z, key_max): count-normalised states of real keys; see :func:`fused_state`."""
 
     @staticmethod
-    def forward(ctx, k, v, padding_mask, spec, chunk_tokens, offset):  # noqa: ANN001, ANN205
+    def forward(ctx, k, v, padding_mask, spec, chunk_tokens, offset, count):  # noqa: ANN001, ANN205
         plan = _plan(spec, k)
         batch, heads, n, d = k.shape
         bh = batch * heads
+        dev = k.device
         mask = padding_mask.to(torch.int8).contiguous() if padding_mask is not None else None
-        mask_arg = mask if mask is not None else k
-        nfb = plan.m // plan.block_m
-        chunk_len, chunks = _num_chunks(n, bh * (nfb if plan.feat == 0 else 1), k.device, chunk_tokens)
-        s_part = torch.empty(bh, chunks, plan.m, d, device=k.device, dtype=torch.float32)
-        z_part = torch.empty(bh, chunks, plan.m, device=k.device, dtype=torch.float32)
-        m_part = torch.empty(bh, chunks, nfb, device=k.device, dtype=torch.float32)
-        vs_part = torch.empty(bh, chunks, d, device=k.device, dtype=torch.float32)
-        _state_fwd_kernel[(nfb if plan.feat == 0 else 1, chunks, bh)](
-            k, v, mask_arg, plan.w, s_part, z_part, m_part, vs_part,
+        favor = plan.feat == 0
+        nfb = plan.m // plan.block_m_outer if favor else 1
+        chunk_len, chunks = _num_chunks(n, bh * nfb, dev, chunk_tokens)
+        s_part = torch.empty(bh, chunks, plan.m, d, device=dev, dtype=torch.float32)
+        z_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32)
+        m_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32) if favor else None
+        vs_part = torch.empty(bh, chunks, d, device=dev, dtype=torch.float32) if favor else None
+        _state_fwd_kernel[(nfb, chunks, bh)](
+            k, v, mask if mask is not None else k, plan.w if favor else k,
+            s_part, z_part, m_part if favor else s_part, vs_part if favor else s_part,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, chunk_len, chunks, plan.half_norm_scale, plan.angle_scale, offset,
-            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m,
+            heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E, plan.angle_scale, offset,
+            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
             IEEE=plan.ieee,
         )
-        if plan.feat == 0:
-            # (bh,); NEG_BIG where this shard has no real key, so that a MAX over shards ignores it
+        count_t, count_s = _per_batch(count, batch, dev)
+        if favor:
+            # (bh,) in log2 units; NEG_BIG where this shard has no real key, so a MAX over shards ignores it
             key_max = m_part.amax(dim=(1, 2))
-            scale = torch.exp(m_part - key_max[:, None, None]).repeat_interleave(plan.block_m, dim=2)
-            s = torch.einsum("bcmd,bcm->bmd", s_part, scale)
-            z = (z_part * scale).sum(dim=1)
+            if spec.key_max_reduce is not None:  # sequence parallelism: the max over every shard
+                key_max = spec.key_max_reduce(key_max.view(batch, heads)).reshape(bh).contiguous()
+            # Real keys of this shard (the eps part counts them), per batch row when either side is.
+            nreal_t = None if mask is None else mask.sum(dim=1, dtype=torch.float32)
+            if nreal_t is not None or count_t is not None:
+                if nreal_t is None:
+                    nreal_t = torch.full((batch,), float(n), device=dev, dtype=torch.float32)
+                if count_t is None:
+                    count_t = torch.full((batch,), count_s, device=dev, dtype=torch.float32)
+            s, z = _combine((s_part, z_part, m_part, vs_part), bh, heads, plan.m, d, dev, kmax=key_max,
+                            count=count_t, count_s=count_s, nreal=nreal_t, nreal_s=float(n), eps=plan.eps,
+                            c=plan.c, favor_eps=True)
         else:
-            key_max = torch.zeros(bh, device=k.device, dtype=torch.float32)
-            s, z = s_part.sum(dim=1), z_part.sum(dim=1)
-        vsum = vs_part.sum(dim=1)
-        ctx.save_for_backward(k, v, mask, key_max)
-        ctx.plan, ctx.offset = plan, offset
+            key_max = torch.empty(bh, device=dev, dtype=torch.float32)  # unused: no stabiliser
+            s, z = _combine((s_part, z_part, None, None), bh, heads, plan.m, d, dev, count=count_t, count_s=count_s)
+        ctx.save_for_backward(k, v, mask, key_max, count_t)
+        ctx.plan, ctx.offset, ctx.count_s = plan, offset, count_s
         ctx.mark_non_differentiable(key_max)
         shape = (batch, heads)
-        return s.view(*shape, plan.m, d), z.view(*shape, plan.m), vsum.view(*shape, d), key_max.view(shape)
+        return s.view(*shape, plan.m, d), z.view(*shape, plan.m), key_max.view(shape)
 
     @staticmethod
-    def backward(ctx, ds, dz, dvs, _dkm):  # noqa: ANN001, ANN205
-        k, v, mask, key_max = ctx.saved_tensors
+    def backward(ctx, ds, dz, _dkm):  # noqa: ANN001, ANN205
+        k, v, mask, key_max, count_t = ctx.saved_tensors
         plan = ctx.plan
         batch, heads, n, d = k.shape
         bh = batch * heads
@@ -684,14 +917,14 @@ class _StateFn(torch.autograd.Function):
         dk = torch.empty(batch, heads, n, d, device=k.device, dtype=k.dtype)
         dv = torch.empty(batch, heads, n, d, device=v.device, dtype=v.dtype)
         _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-            k, v, mask if mask is not None else k, plan.w, key_max, flat(ds, plan.m, d), flat(dz, plan.m),
-            flat(dvs, d), dk, dv,
+            k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
+            flat(ds, plan.m, d), flat(dz, plan.m), count_t if count_t is not None else key_max, dk, dv,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset,
-            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m,
-            IEEE=plan.ieee,
+            heads, n, plan.half_norm_scale * LOG2E, plan.angle_scale, ctx.offset, plan.eps, plan.c, ctx.count_s,
+            FEAT=plan.feat, HAS_MASK=mask is not None, PER_BATCH=count_t is not None, D=d, M=plan.m,
+            BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
-        return dk, dv, None, None, None, None
+        return dk, dv, None, None, None, None, None
 
 
 class _ReadoutFn(torch.autograd.Function):
@@ -702,51 +935,69 @@ class _ReadoutFn(torch.autograd.Function):
         plan = _plan(spec, q)
         batch, heads, n, d = q.shape
         bh = batch * heads
+        favor = plan.feat == 0
         s = s.reshape(bh, plan.m, d).to(torch.float32).contiguous()
         z = z.reshape(bh, plan.m).to(torch.float32).contiguous()
-        scol = s.sum(dim=1) if plan.feat == 0 else s[:, 0]  # eps·ΣS: the eps part of every feature
-        zsum = z.sum(dim=1) if plan.feat == 0 else z[:, 0]
         out = torch.empty(batch, heads, n, d, device=q.device, dtype=q.dtype)
-        den = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-        m_row = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        if favor:  # eps·ΣS and eps·Σz: the eps part of every query feature
+            scol, zsum = s.sum(dim=1), z.sum(dim=1)
+            den = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+            m_row = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        else:
+            scol = zsum = den = m_row = s
         _readout_fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-            q, plan.w, s, z, scol.contiguous(), zsum.contiguous(), out, den, m_row,
-            *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, offset, plan.eps, plan.c,
+            q, plan.w if favor else q, s, z, scol, zsum, out, den, m_row,
+            *_strides(q), heads, n, plan.angle_scale, offset, plan.eps, plan.c,
             FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
-        ctx.save_for_backward(q, s, z, out, den, m_row)
+        if favor:
+            ctx.save_for_backward(q, s, z, out, den, m_row)
+        else:  # the backward recomputes the output and its denominator
+            ctx.save_for_backward(q, s, z)
         ctx.plan, ctx.chunk_tokens, ctx.offset = plan, chunk_tokens, offset
         ctx.s_shape, ctx.z_shape = (batch, heads, plan.m, d), (batch, heads, plan.m)
         return out
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
-        q, s, z, out, den, m_row = ctx.saved_tensors
         plan = ctx.plan
+        q, s, z = ctx.saved_tensors[:3]
         batch, heads, n, d = q.shape
         bh = batch * heads
         g = g.contiguous()
-        nfb = plan.m // plan.block_m
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        if plan.feat == 0:  # elu/cos: the dstate kernel below writes dq as well
-            _readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+        if plan.feat == 0:
+            out, den, m_row = ctx.saved_tensors[3:]
+            _favor_readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
                 q, plan.w, s, z, g, out, den, m_row, dq,
-                *_strides(q), heads, n, plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.c,
+                *_strides(q), heads, n, plan.half_norm_scale, plan.c,
+                D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+            )
+            nfb = plan.m // plan.block_m_outer
+            chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+            _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
+                q, plan.w, g, out, den, m_row, ds_part, dz_part,
+                *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
+                D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+            )
+        else:
+            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+            _elu_cos_readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+                q, s, z, g, dq,
+                *_strides(q), heads, n, plan.angle_scale, ctx.offset,
                 FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
             )
-        programs = nfb if plan.feat == 0 else 1
-        chunk_len, chunks = _num_chunks(n, bh * programs, q.device, ctx.chunk_tokens)
-        ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
-        dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-        _readout_bwd_dstate_kernel[(programs, chunks, bh)](
-            q, plan.w, s, z, g, out, den, m_row, dq, ds_part, dz_part,
-            *_strides(q), heads, n, chunk_len, chunks,
-            plan.half_norm_scale, plan.angle_scale, ctx.offset, plan.eps, plan.c,
-            FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-        )
-        ds = ds_part.sum(dim=1).view(ctx.s_shape)
-        dz = dz_part.sum(dim=1).view(ctx.z_shape)
-        return dq, ds, dz, None, None, None
+            _elu_cos_readout_bwd_dstate_kernel[(chunks, bh)](
+                q, s, z, g, ds_part, dz_part,
+                *_strides(q), heads, n, chunk_len, chunks, plan.angle_scale, ctx.offset,
+                FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+            )
+        ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
+        return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
 
 
 def _prepare(x: torch.Tensor) -> torch.Tensor:
@@ -775,22 +1026,7 @@ def fused_state(
     """
     k, v = _prepare(k), _prepare(v.to(k.dtype))
     with torch.autocast(device_type=k.device.type, enabled=False):
-        s, z, vsum, key_max = _StateFn.apply(k, v, padding_mask, spec, chunk_tokens, offset)
-        if spec.kind != "favor":
-            return s / count, z / (count if isinstance(count, float) else count[..., 0])
-        if spec.key_max_reduce is not None:
-            rescale = torch.exp(key_max - spec.key_max_reduce(key_max))  # (batch, heads), detached
-            s, z = s * rescale[..., None, None], z * rescale[..., None]
-        m = s.shape[-2]
-        c = 1.0 / math.sqrt(m)
-        n_real = (
-            float(k.shape[-2]) if padding_mask is None
-            else padding_mask.sum(dim=-1).to(torch.float32)[:, None, None]
-        )
-        count_z = count if isinstance(count, float) else count[..., 0]
-        # The eps part of every key feature is eps·c per real key: it adds eps·Σv to each row of S.
-        s = c * (s + spec.eps * vsum[..., None, :]) / count
-        z = c * (z + spec.eps * n_real) / count_z
+        s, z, _ = _StateFn.apply(k, v, padding_mask, spec, chunk_tokens, offset, count)
     return s, z
 
 
