@@ -169,6 +169,23 @@ def test_bad_impl_and_unsupported_cases_are_clear_errors():
     assert triton_linear.unsupported_reason("favor", 64, 48) is None
 
 
+def test_cached_kernel_rows_follow_redraws_and_new_modules():
+    # The fused path caches the scaled projection; a redraw (in place) or another module's buffer
+    # must never be served stale rows.
+    from longseq.attention import triton_linear
+
+    x = torch.zeros(1, 1, 4, 16)
+    kernel = build("performer", {"num_features": 32}, "triton", 16, 32)
+    spec = lambda k: triton_linear.FeatureSpec("favor", projection=k.projection)  # noqa: E731
+    first = triton_linear._favor_rows(spec(kernel), x).clone()
+    assert torch.equal(triton_linear._favor_rows(spec(kernel), x), first)
+    kernel.redraw_features()
+    assert not torch.equal(triton_linear._favor_rows(spec(kernel), x), first)
+    other = build("performer", {"num_features": 32, "seed": 5}, "triton", 16, 32)
+    expected = other.projection * (16**-0.25 * triton_linear.LOG2E)
+    torch.testing.assert_close(triton_linear._favor_rows(spec(other), x), expected)
+
+
 GPU_CASES = [
     ("elu", "linear_elu", {}, 2, 4, 4113, 64, True),
     ("cos", "cosformer", {}, 1, 4, 5000, 64, True),

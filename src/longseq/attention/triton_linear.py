@@ -14,32 +14,37 @@ Feature maps are computed inside the kernels from ``q``/``k`` tiles and never wr
 - ``cos``: cosFormer ``[relu(x)·cos a_i, relu(x)·sin a_i]``, ``a_i = π·i/(2M)``.
 
 Work split. The state stage is a reduction over the sequence: one program per (sequence chunk,
-batch·head) — and per feature block for FAVOR+ — writes a partial ``S``/``z`` for its chunk, and the
-partials are summed afterwards (a few MiB), so that a single 1M-token sequence still fills every SM.
-The read-out and the key-side backward are independent per token: one program per (token tile,
-batch·head), looping over feature blocks. The read-out backward's ``dS``/``dz`` are again a sequence
-reduction; for elu/cos the same kernel also writes ``dq`` (q, dO and the output are read once), for
-FAVOR+ ``dq`` has its own per-tile kernel. Tile length, warps and pipeline depth are autotuned per
-(length, head_dim, features, feature map); ``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
+batch·head), and per feature block for FAVOR+, writes a partial ``S``/``z`` for its chunk, and one
+small combine kernel sums the partials (a few MiB) and applies the count, the FAVOR+ eps part and
+the stabiliser rescale, so that a single 1M-token sequence still fills every SM. The FAVOR+ state
+forward is flash attention's forward with the roles turned (the W rows of a feature block are the
+"queries", loaded once; keys and values stream past). The read-out and the key-side backward are
+independent per token: one program per (token tile, batch·head), looping over feature blocks. The
+read-out backward's ``dS``/``dz`` are again a sequence reduction; for elu/cos the same kernel also
+writes ``dq`` and recomputes the output and its denominator rather than reading them back, for
+FAVOR+ ``dq`` has its own per-tile kernel. Tile length, warps and pipeline depth are chosen per
+(length, sizes, feature map) by timing each candidate once (``_Tuned``); ``LONGSEQ_TRITON_TUNE=0``
+fixes one configuration.
 
 Numerics (DESIGN.md): accumulation in fp32 (``tl.dot`` with fp32 accumulators; feature tiles are
 rounded to the input dtype only as the operand of a tensor-core product, as flash attention does with
 its probabilities), denominators in fp32, the clamp at ``DENOMINATOR_FLOOR`` on the count-normalised
-scale exactly as the PyTorch reference. FAVOR+ stabilisers:
+scale exactly as the PyTorch reference. FAVOR+ logits are in log2 units (log2 e folded into W, exp2
+in the kernels); stabilisers:
 
-- keys: one max per (batch, head) over real tokens and features. Each state program keeps a running
-  max over its chunk and rescales its accumulators when the max grows (flash attention's online
-  softmax); the partials are then rescaled to the largest max when combined. The stabiliser cancels
-  in the ratio, so this is exact. The ``eps`` term is kept apart (``eps·Σv``, ``eps·n``) because it
-  must not be rescaled. The max is returned, and :func:`fused_state` rescales to a caller-reduced
-  (all-reduced MAX) max before the SUM over sequence shards;
-- queries: the per-row max over features, found online across feature blocks in the read-out (again
-  a rescaling of running sums; ``eps·ΣS`` and ``eps·Σz`` are added at the end) and saved per row (4
-  bytes) so the backward rebuilds identical features.
+- keys: one max per (batch, head) over real tokens and features, as the reference. Each state
+  program keeps a running max per feature over its chunk and rescales that feature's sums when it
+  grows (flash attention's online softmax, per row); the combine kernel rescales every partial to
+  the overall max. The stabiliser cancels in the ratio, so this is exact. The ``eps`` term is kept
+  apart (``eps·Σv``, ``eps·n``) because it must not be rescaled. Under sequence parallelism the max
+  is MAX-reduced over shards (``key_max_reduce``) before the combine;
+- queries: the per-row max over features, found online across feature blocks in the read-out and
+  saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
+  constant per row and cancels against it, so it is not computed; its gradient term is kept.
 
-Backward recomputes every feature tile; what is kept is q, k, v, the output, the small states and two
-fp32 numbers per query row (denominator, row max), so the extra memory is O(state + seq), never
-O(seq · features).
+Backward recomputes every feature tile; what is kept is q, k, v, the small states and (FAVOR+) the
+output and two fp32 numbers per query row (denominator, row max), so the extra memory is
+O(state + seq), never O(seq · features).
 
 On CPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before ``triton`` is
 imported (the tests do this in a subprocess); that is slow and meant for small correctness checks.
@@ -620,37 +625,19 @@ if HAVE_TRITON:
         tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(DZ_part + part * M + fcols, zacc)
 
-    @triton.jit
-    def _elu_cos_readout_rows(q, g, s1, z1, s2, z2, rows, angle_scale, FEAT: tl.constexpr, IEEE: tl.constexpr):
-        """Features of a query tile and the per-row read-out gradients. The output and its denominator
-        are recomputed from φ(q), S and z (a (BLOCK_N, D)·(D, D) product) instead of being read back."""
-        xf = q.to(tl.float32)
-        p1 = _elu_cos_features(xf, rows, 0, angle_scale, FEAT)
-        num = _dot(p1.to(q.dtype), s1, IEEE)
-        den = tl.sum(p1 * z1[None, :], axis=1)
-        p2 = p1  # cos: the sin half
-        if FEAT == 2:
-            p2 = _elu_cos_features(xf, rows, 1, angle_scale, FEAT)
-            num += _dot(p2.to(q.dtype), s2, IEEE)
-            den += tl.sum(p2 * z2[None, :], axis=1)
-        dnum, dden = _readout_grads(g, num / tl.maximum(den, _FLOOR)[:, None], den)
-        return xf, p1, p2, dnum, dden
-
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
-    def _elu_cos_readout_bwd_dstate_kernel(
-        Q, S, Z, G, DS_part, DZ_part,
+    def _elu_cos_readout_bwd_kernel(
+        Q, S, Z, G, DQ, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
         H, N, chunk_len, num_chunks,
         angle_scale, pos0,
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # dS = Σ_i φ_iᵀ dnum_i, dz = Σ_i φ_i dden_i over one chunk of queries. Shaped like the state
-        # forward (which runs at the memory floor): features built transposed (D, BLOCK_N) from a
-        # transposed load, so they are the left operand as computed, and dO row-major on the right.
-        # dnum = g/den, dden = −g·num/den² with den = φ·z and g·num = Σ_f φ_f (S g)_f, so neither the
-        # output nor φ in row orientation is needed. Rows past the chunk load g = 0.
+        # Memory-bound: q and dO are read once, dq written once. The output and its denominator are
+        # recomputed from φ(q), S and z (a (BLOCK_N, D)·(D, D) product) instead of being read back,
+        # and dS, dz are partial sums over one chunk of queries (rows past it load g = 0).
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -662,85 +649,48 @@ if HAVE_TRITON:
         fcols = tl.arange(0, D)
         s1 = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :]).to(Q.dtype.element_ty)
         z1 = tl.load(Z + bh * M + fcols)
-        s2 = s1
-        z2 = z1
-        if FEAT == 2:
-            s2 = tl.load(S + bh * M * D + (D + fcols[:, None]) * D + cols[None, :]).to(Q.dtype.element_ty)
-            z2 = tl.load(Z + bh * M + D + fcols)
         acc = tl.zeros((D, D), dtype=tl.float32)
         zacc = tl.zeros((D,), dtype=tl.float32)
         acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
         zacc2 = tl.zeros((D,), dtype=tl.float32)
+        if FEAT == 2:
+            s2 = tl.load(S + bh * M * D + (D + fcols[:, None]) * D + cols[None, :]).to(Q.dtype.element_ty)
+            z2 = tl.load(Z + bh * M + D + fcols)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
             inside = rows < stop
-            qt = tl.load(q_base + rows[None, :] * stride_qn + cols[:, None], mask=inside[None, :], other=0.0)
-            g = tl.load(G + bh * N * D + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
-            xft = qt.to(tl.float32)
-            if FEAT == 1:
-                pt = tl.where(xft > 0, xft + 1.0, tl.exp(tl.minimum(xft, 0.0)))  # (D, BLOCK_N)
-                den = tl.sum(pt * z1[:, None], axis=0)
-                gn = tl.sum(pt * _dot(s1, tl.trans(g), IEEE), axis=0)
-            else:
-                angle = (rows + pos0).to(tl.float32) * angle_scale
-                r = tl.maximum(xft, 0.0)
-                pt = r * tl.cos(angle)[None, :]
-                pt2 = r * tl.sin(angle)[None, :]
-                den = tl.sum(pt * z1[:, None] + pt2 * z2[:, None], axis=0)
-                gn = tl.sum(pt * _dot(s1, tl.trans(g), IEEE) + pt2 * _dot(s2, tl.trans(g), IEEE), axis=0)
-            den_c = tl.maximum(den, _FLOOR)
-            dden = tl.where(den < _FLOOR, 0.0, -gn / (den_c * den_c))  # (BLOCK_N,)
-            dnum = (g.to(tl.float32) / den_c[:, None]).to(Q.dtype.element_ty)
-            acc += _dot(pt.to(Q.dtype.element_ty), dnum, IEEE)
-            zacc += tl.sum(pt * dden[None, :], axis=1)
+            q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
+            io = bh * N * D + rows[:, None] * D + cols[None, :]
+            g = tl.load(G + io, mask=inside[:, None], other=0.0)
+            xf = q.to(tl.float32)
+            p1 = _elu_cos_features(xf, rows + pos0, 0, angle_scale, FEAT)
+            p1_in = p1.to(Q.dtype.element_ty)
+            num = _dot(p1_in, s1, IEEE)
+            den = tl.sum(p1 * z1[None, :], axis=1)
             if FEAT == 2:
-                acc2 += _dot(pt2.to(Q.dtype.element_ty), dnum, IEEE)
-                zacc2 += tl.sum(pt2 * dden[None, :], axis=1)
+                p2 = _elu_cos_features(xf, rows + pos0, 1, angle_scale, FEAT)
+                p2_in = p2.to(Q.dtype.element_ty)
+                num += _dot(p2_in, s2, IEEE)
+                den += tl.sum(p2 * z2[None, :], axis=1)
+            den_c = tl.maximum(den, _FLOOR)
+            dnum, dden = _readout_grads(g, num / den_c[:, None], den)
+            dnum_in = dnum.to(Q.dtype.element_ty)
+            acc += _dot(tl.trans(p1_in), dnum_in, IEEE)
+            zacc += tl.sum(p1 * dden[:, None], axis=0)
+            dphi = _dot(dnum_in, tl.trans(s1), IEEE) + dden[:, None] * z1[None, :]
+            dx = _elu_cos_grad(dphi, p1, xf, rows + pos0, 0, angle_scale, FEAT)
+            if FEAT == 2:
+                acc2 += _dot(tl.trans(p2_in), dnum_in, IEEE)
+                zacc2 += tl.sum(p2 * dden[:, None], axis=0)
+                dphi2 = _dot(dnum_in, tl.trans(s2), IEEE) + dden[:, None] * z2[None, :]
+                dx += _elu_cos_grad(dphi2, p2, xf, rows + pos0, 1, angle_scale, FEAT)
+            tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
         part = bh * num_chunks + chunk
         tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(DZ_part + part * M + fcols, zacc)
         if FEAT == 2:
             tl.store(DS_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
             tl.store(DZ_part + part * M + D + fcols, zacc2)
-
-    @_Tuned
-    @triton.jit(do_not_specialize=_LENGTHS)
-    def _elu_cos_readout_bwd_dq_kernel(
-        Q, S, Z, G, DQ,
-        stride_qb, stride_qh, stride_qn,
-        H, N,
-        angle_scale, pos0,
-        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-    ):
-        # dφ_i = dnum_i·Sᵀ + dden_i·z, then through the feature map; one program per (tile, batch·head).
-        tile = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        cols = tl.arange(0, D)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        fcols = tl.arange(0, D)
-        s1 = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :]).to(Q.dtype.element_ty)
-        z1 = tl.load(Z + bh * M + fcols)
-        s2 = s1
-        z2 = z1
-        if FEAT == 2:
-            s2 = tl.load(S + bh * M * D + (D + fcols[:, None]) * D + cols[None, :]).to(Q.dtype.element_ty)
-            z2 = tl.load(Z + bh * M + D + fcols)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
-                    mask=inside[:, None], other=0.0)
-        io = bh * N * D + rows[:, None] * D + cols[None, :]
-        g = tl.load(G + io, mask=inside[:, None], other=0.0)
-        xf, p1, p2, dnum, dden = _elu_cos_readout_rows(q, g, s1, z1, s2, z2, rows + pos0, angle_scale, FEAT, IEEE)
-        dnum_in = dnum.to(Q.dtype.element_ty)
-        dphi = _dot(dnum_in, tl.trans(s1), IEEE) + dden[:, None] * z1[None, :]
-        dx = _elu_cos_grad(dphi, p1, xf, rows + pos0, 0, angle_scale, FEAT)
-        if FEAT == 2:
-            dphi2 = _dot(dnum_in, tl.trans(s2), IEEE) + dden[:, None] * z2[None, :]
-            dx += _elu_cos_grad(dphi2, p2, xf, rows + pos0, 1, angle_scale, FEAT)
-        tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -764,24 +714,28 @@ class _Plan:
     ieee: bool
 
 
-_W_CACHE: dict[tuple, torch.Tensor] = {}
+# (id of the projection buffer, hyperbolic, dtype, device) -> (that buffer, its version, kernel rows).
+# The entry holds the buffer itself, so its id cannot be reused by another tensor while cached.
+_W_CACHE: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
 
 def _favor_rows(spec: FeatureSpec, x: torch.Tensor) -> torch.Tensor:
-    """The projection as the kernels use it, cached per (buffer, version, dtype): ``[W; −W]`` for the
-    hyperbolic variant, times d^{-1/4} (x' = d^{-1/4}x) and log2 e (the kernels use exp2)."""
+    """The projection as the kernels use it, cached until the buffer changes (a redraw writes it in
+    place, which bumps its version): ``[W; −W]`` for the hyperbolic variant, times d^{-1/4}
+    (x' = d^{-1/4}x) and log2 e (the kernels use exp2)."""
     proj = spec.projection
     assert proj is not None
-    key = (id(proj), proj._version, proj.data_ptr(), spec.hyperbolic, x.dtype, x.device)
-    w = _W_CACHE.get(key)
-    if w is None:
-        w = proj.to(device=x.device, dtype=torch.float32)
-        if spec.hyperbolic:
-            w = torch.cat([w, -w], dim=0)
-        w = (w * (x.shape[-1] ** -0.25 * LOG2E)).to(x.dtype).contiguous()
-        if len(_W_CACHE) > 64:  # redraws leave stale entries behind
-            _W_CACHE.clear()
-        _W_CACHE[key] = w
+    key = (id(proj), spec.hyperbolic, x.dtype, x.device)
+    hit = _W_CACHE.get(key)
+    if hit is not None and hit[0] is proj and hit[1] == proj._version:
+        return hit[2]
+    w = proj.to(device=x.device, dtype=torch.float32)
+    if spec.hyperbolic:
+        w = torch.cat([w, -w], dim=0)
+    w = (w * (x.shape[-1] ** -0.25 * LOG2E)).to(x.dtype).contiguous()
+    if len(_W_CACHE) > 64:  # modules come and go (tests, redraws): keep the cache small
+        _W_CACHE.clear()
+    _W_CACHE[key] = (proj, proj._version, w)
     return w
 
 
@@ -986,13 +940,8 @@ class _ReadoutFn(torch.autograd.Function):
             chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
             ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
             dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-            _elu_cos_readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-                q, s, z, g, dq,
-                *_strides(q), heads, n, plan.angle_scale, ctx.offset,
-                FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-            )
-            _elu_cos_readout_bwd_dstate_kernel[(chunks, bh)](
-                q, s, z, g, ds_part, dz_part,
+            _elu_cos_readout_bwd_kernel[(chunks, bh)](
+                q, s, z, g, dq, ds_part, dz_part,
                 *_strides(q), heads, n, chunk_len, chunks, plan.angle_scale, ctx.offset,
                 FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
             )
