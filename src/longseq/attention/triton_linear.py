@@ -540,6 +540,17 @@ if HAVE_TRITON:
         dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o.to(tl.float32), axis=1) / den_c)
         return dnum, dden
 
+    @triton.jit
+    def _favor_row_grads(G, OUT, DEN, MROW, bh, rows, inside, cols, N, D: tl.constexpr):
+        """FAVOR+ read-out backward, per query row: ``dnum``, ``dden`` from dO, the output and the saved
+        denominator, and the saved row max; ``io`` the rows' offsets (rows outside load dO = 0)."""
+        io = bh * N * D + rows[:, None] * D + cols[None, :]
+        g = tl.load(G + io, mask=inside[:, None], other=0.0)
+        o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
+        dnum, dden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
+        m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
+        return io, dnum, dden, m_row
+
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _favor_readout_bwd_dq_kernel(
@@ -561,13 +572,9 @@ if HAVE_TRITON:
         inside = rows < N
         q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
                     mask=inside[:, None], other=0.0)
-        io = bh * N * D + rows[:, None] * D + cols[None, :]
-        g = tl.load(G + io, mask=inside[:, None], other=0.0)
-        o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
-        dnum, dden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
+        io, dnum, dden, m_row = _favor_row_grads(G, OUT, DEN, MROW, bh, rows, inside, cols, N, D)
         dnum_in = (c * dnum).to(q.dtype)
         dden = c * dden
-        m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
         dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for fb in range(M // BLOCK_M):
@@ -613,11 +620,7 @@ if HAVE_TRITON:
             rows = row0 + tl.arange(0, BLOCK_N)
             inside = rows < stop
             q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
-            io = bh * N * D + rows[:, None] * D + cols[None, :]
-            g = tl.load(G + io, mask=inside[:, None], other=0.0)
-            o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
-            dnum, dden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
-            m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
+            _, dnum, dden, m_row = _favor_row_grads(G, OUT, DEN, MROW, bh, rows, inside, cols, N, D)
             pt = c * (tl.exp2(_dot(w, tl.trans(q), IEEE) - m_row[None, :]) + eps)  # (BLOCK_M, BLOCK_N)
             acc += _dot(pt.to(q.dtype), dnum.to(q.dtype), IEEE)
             zacc += tl.sum(pt * dden[None, :], axis=1)
