@@ -96,6 +96,8 @@ def test_bad_input_is_a_one_line_error(checkpoint, tiny_fasta, tmp_path, capsys)
     torch.save({"state_dict": torch.load(path, weights_only=False)["state_dict"]}, no_config)
     with pytest.raises(UserError, match="has no saved model config"):
         write_embeddings(no_config, tiny_fasta, tmp_path / "e", progress=False)
+    with pytest.raises(UserError, match=r"--checkpoint=.*nope\.ckpt does not exist"):
+        write_embeddings(tmp_path / "nope.ckpt", tiny_fasta, tmp_path / "e", progress=False)
     other = dict(CONFIG, d_model=32)
     mismatched = tmp_path / "mismatched.ckpt"
     torch.save({"state_dict": torch.load(path, weights_only=False)["state_dict"], MODEL_CONFIG_KEY: other}, mismatched)

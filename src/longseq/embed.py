@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from longseq.data.fasta import FastaReader, ensure_index
 from longseq.data.tokenizer import PAD, encode, reverse_complement
 from longseq.errors import UserError
-from longseq.models.pretrained import MODEL_CONFIG_KEY, load_encoder
+from longseq.models.pretrained import MODEL_CONFIG_KEY, load_encoder, read_checkpoint
 
 FORMAT = "longseq-embeddings/1"
 COLUMNS = ("index", "name", "start", "end", "length", "shard", "row", "interval")
@@ -123,12 +123,7 @@ def load_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     import hydra
 
     p = Path(checkpoint).expanduser()
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p} (point --checkpoint at a run's checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user mistake
-        raise UserError(f"{p} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+    ckpt = read_checkpoint(p, "--checkpoint", "point --checkpoint at a run's checkpoints/last.ckpt")
     config = ckpt.get(MODEL_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or "_target_" not in config:
         raise UserError(f"{p} has no saved model config ({MODEL_CONFIG_KEY}): only checkpoints written by train.py can be embedded")

@@ -19,6 +19,18 @@ MODEL_CONFIG_KEY = "longseq_model_config"  # written by longseq.tasks.base.Task.
 _PREFIX = "model."
 
 
+def read_checkpoint(path: str | Path, option: str, fix: str) -> Any:
+    """The contents of checkpoint file ``path`` (given as ``option``), read on the CPU; a missing or
+    unreadable file is a one-line :class:`UserError` ending in ``fix``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{option}={p} does not exist ({fix})")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user mistake
+        raise UserError(f"{option}={p} is not a readable PyTorch checkpoint ({type(exc).__name__}; {fix})") from exc
+
+
 def load_encoder(
     model: nn.Module, path: str | Path, model_config: dict[str, Any] | None = None, checkpoint: Any = None
 ) -> list[str]:
@@ -31,12 +43,7 @@ def load_encoder(
     p = Path(path).expanduser()
     ckpt = checkpoint
     if ckpt is None:
-        if not p.is_file():
-            raise UserError(f"init_from={p} does not exist (point it at a pretraining run's checkpoints/last.ckpt)")
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user mistake
-            raise UserError(f"init_from={p} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+        ckpt = read_checkpoint(p, "init_from", "point it at a pretraining run's checkpoints/last.ckpt")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"init_from={p} has no state_dict: is it a Lightning checkpoint written by train.py?")
