@@ -43,6 +43,25 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, mask, weight
 
 
+def _sharded_step(
+    model: DNAEncoder, size: int, tokens: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Split the sequence over groups of ``size`` ranks, run forward and the weighted-sum backward on
+    this rank's shard; returns the output gathered over the group (the whole sequence) and each
+    parameter's gradient summed over the group (= the whole sequence's gradient)."""
+    sp = sp_mod.new_groups(size)
+    sp_mod.enable(model, sp)
+    out = model(sp.shard(tokens), sp.shard(mask))
+    (out * sp.shard(weight))[sp.shard(mask)].sum().backward()
+    parts = [torch.empty_like(out) for _ in range(size)]
+    dist.all_gather(parts, out.detach().contiguous(), group=sp.group)
+    grads = {}
+    for n, p in model.named_parameters():
+        grads[n] = p.grad.clone()
+        dist.all_reduce(grads[n], group=sp.group)
+    return torch.cat(parts, dim=1), grads
+
+
 def _encoder_worker(rank: int, world: int, name: str, size: int | None = None) -> None:
     size = size or world  # ranks per sequence-parallel group
     model = make_encoder(name, size)
@@ -52,17 +71,9 @@ def _encoder_worker(rank: int, world: int, name: str, size: int | None = None) -
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    sp = sp_mod.new_groups(size)
-    sp_mod.enable(model, sp)
-    out = model(sp.shard(tokens), sp.shard(mask))
-    (out * sp.shard(weight))[sp.shard(mask)].sum().backward()
-
-    parts = [torch.empty_like(out) for _ in range(size)]
-    dist.all_gather(parts, out.detach().contiguous(), group=sp.group)
-    torch.testing.assert_close(torch.cat(parts, dim=1), ref.detach(), rtol=0, atol=1e-10)
-    for n, p in model.named_parameters():
-        grad = p.grad.clone()
-        dist.all_reduce(grad, group=sp.group)  # the group's gradients summed = the whole sequence's gradient
+    out, grads = _sharded_step(model, size, tokens, mask, weight)
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-10)
+    for n, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[n], rtol=1e-9, atol=1e-10, msg=lambda m, n=n: f"{n}: {m}")
 
 
@@ -140,18 +151,10 @@ def _fused_worker(rank: int, world: int) -> None:
         ref_model = build("torch", 1).double()
         ref = ref_model(tokens, mask)
         (ref * weight.double())[mask].sum().backward()
-        model = build("triton", world)
-        sp = sp_mod.new_groups(world)
-        sp_mod.enable(model, sp)
-        out = model(sp.shard(tokens), sp.shard(mask))
-        (out * sp.shard(weight))[sp.shard(mask)].sum().backward()
-        parts = [torch.empty_like(out) for _ in range(world)]
-        dist.all_gather(parts, out.detach().contiguous(), group=sp.group)
-        torch.testing.assert_close(torch.cat(parts, dim=1).double(), ref.detach(), rtol=1e-4, atol=1e-4,
+        out, grads = _sharded_step(build("triton", world), world, tokens, mask, weight)
+        torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-4, atol=1e-4,
                                    msg=lambda m, name=name: f"{name} output: {m}")
-        for (n, p), (_, p_ref) in zip(model.named_parameters(), ref_model.named_parameters(), strict=True):
-            grad = p.grad.clone()
-            dist.all_reduce(grad, group=sp.group)
+        for (n, grad), (_, p_ref) in zip(grads.items(), ref_model.named_parameters(), strict=True):
             torch.testing.assert_close(grad.double(), p_ref.grad, rtol=1e-3, atol=1e-4,
                                        msg=lambda m, n=n, name=name: f"{name} {n}: {m}")
 
