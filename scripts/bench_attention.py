@@ -142,21 +142,23 @@ def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str, warm: bo
 
     def fwdbwd() -> None:
         out = kernel(q, k, v)
-        out.backward(do)
-        q.grad = k.grad = v.grad = None
+        torch.autograd.grad(out, (q, k, v), do)
 
     fn = fwd if mode == "fwd" else fwdbwd
-    if not getattr(kernel, "exact", False):
+    if not getattr(kernel, "exact", False) or args.cuda_graph:
         # Untimed: the fused Triton kernels autotune (and may compile) on their first call at each
         # length, and a first call that long would otherwise be taken as the measurement.
         fn()
         sync(device)
+    if args.cuda_graph:
+        fn = graphed(fn)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
     seconds, reps = time_call(fn, device, args.target_s, args.max_reps, warm)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
+    # A graph allocates once, at capture: its replays show no peak to measure.
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" and not args.cuda_graph else float("nan")
     row = {
         "mechanism": name, "mode": mode, "seq_len": n, "batch": b, "heads": h, "head_dim": d, "dtype": args.dtype,
         "median_ms": seconds * 1e3, "reps": reps, "peak_extra_mib": peak,
@@ -171,9 +173,25 @@ def run_one(name: str, cfg: dict, n: int, mode: str, args, device: str, warm: bo
         moved = tensor_bytes * (4 if mode == "fwd" else 4 + 8)  # fwd: q,k,v,o; bwd: q,k,v,o,dO,dq,dk,dv
         row["floor_ms"] = moved / args.bandwidth * 1e3
         row["floor_fraction"] = row["floor_ms"] / row["median_ms"]
-    if device == "cuda":
+    if device == "cuda" and not args.cuda_graph:
         row["beyond_io_mib"] = peak - tensor_bytes * (1 if mode == "fwd" else 4) / 2**20
     return row
+
+
+def graphed(fn):  # noqa: ANN001, ANN201
+    """``fn`` captured once in a CUDA graph; the returned callable replays it. Timing replays measures
+    the GPU's work without the host's cost of issuing it (Python, autograd, kernel launches), which at
+    short lengths is most of an eager step; a model step can get the same with CUDA graphs
+    (``torch.cuda.graphs``, torch.compile's reduce-overhead mode)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # capture needs one warm run on a side stream first
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def backends_ran(kernel: torch.nn.Module) -> str:
@@ -252,6 +270,8 @@ def main() -> None:
     p.add_argument("--max-reps", type=int, default=50)
     p.add_argument("--impls", default="", help="comma list of impl variants for linear kernels "
                    "(default: triton,torch on CUDA, torch on CPU)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="time replays of each call captured in a CUDA graph (GPU work without host launch cost)")
     p.add_argument("--out", default="results/bench_attention_cpu")
     p.add_argument("--from-json", nargs="+", default=[], metavar="JSON",
                    help="measure nothing: merge the rows of earlier runs' bench_attention.json (later files "
@@ -263,6 +283,8 @@ def main() -> None:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
+    if args.cuda_graph and device != "cuda":
+        raise SystemExit("error: --cuda-graph needs --device cuda (CUDA graphs are a GPU feature)")
     if args.dtype == "bf16" and device == "cpu":
         pass  # bf16 matmuls run on CPU, slowly; fine for small sizes
     default_lengths = [2**i for i in range(10, 21)] if device == "cuda" else [256, 512, 1024, 2048, 4096, 8192]

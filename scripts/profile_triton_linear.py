@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--features", type=int, default=256)
     p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
+    p.add_argument("--kernels", action="store_true", help="also list each GPU kernel's time (torch.profiler)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
@@ -58,6 +59,9 @@ def main() -> None:
         for name, spec in specs.items():
             times = stage_times(spec, q, k, v, g, count)
             print(f"seq {seq} {name}: " + ", ".join(f"{key} {ms:.3f} ms" for key, ms in times.items()), flush=True)
+            if args.kernels:
+                for kernel, ms in kernel_times(spec, q, k, v, g, count).items():
+                    print(f"  {kernel:<48} {ms:8.3f} ms", flush=True)
 
 
 def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
@@ -84,6 +88,29 @@ def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
         "fwd+bwd": do_bench(full),
         **host_times(full),
     }
+
+
+def kernel_times(spec, q, k, v, g, count, reps: int = 5) -> dict[str, float]:  # noqa: ANN001
+    """Mean GPU milliseconds per forward + backward of each kernel that ran, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def full() -> None:
+        s, z = fused.fused_state(k, v, None, count, spec)
+        fused.fused_readout(q, s, z, spec).backward(g)
+        q.grad = k.grad = v.grad = None
+
+    full()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            full()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if device_us > 0:
+            totals[event.key[:48]] = device_us / 1e3 / reps
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def host_breakdown(spec, q, k, v, count, reps: int = 200) -> None:  # noqa: ANN001
