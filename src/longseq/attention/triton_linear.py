@@ -229,24 +229,21 @@ if HAVE_TRITON:
         return tl.dot(a, b)
 
     @triton.jit
-    def _elu_cos_features(xf, rows, fb, angle_scale, FEAT: tl.constexpr):
-        """elu+1 (FEAT 1) or cosFormer block ``fb`` (FEAT 2: 0 = cos half, 1 = sin half) of an fp32 tile
-        ``xf`` (BLOCK_N, D) at token positions ``rows``."""
+    def _elu_cos_features(xf, angle, sin_half, FEAT: tl.constexpr):
+        """elu+1 (FEAT 1) or cosFormer (FEAT 2) features of an fp32 tile ``xf``. cosFormer: relu(x)·cos a_i
+        on the first half of the features, relu(x)·sin a_i on the second; ``angle`` (a_i of each token)
+        and ``sin_half`` (True on the sin half) broadcast against ``xf``."""
         if FEAT == 1:
             # exp(min(x, 0)): the unselected branch must not overflow (see linear_elu.elu_plus_one)
             return tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0)))
-        angle = rows.to(tl.float32) * angle_scale
-        weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
-        return tl.maximum(xf, 0.0) * weight[:, None]
+        return tl.maximum(xf, 0.0) * tl.where(sin_half, tl.sin(angle), tl.cos(angle))
 
     @triton.jit
-    def _elu_cos_grad(dphi, phi, xf, rows, fb, angle_scale, FEAT: tl.constexpr):
-        """dx of block ``fb`` from dφ (BLOCK_N, D) and the features φ of the fp32 tile ``xf``."""
+    def _elu_cos_grad(dphi, phi, xf, angle, sin_half, FEAT: tl.constexpr):
+        """dx from dφ and the features φ of the fp32 tile ``xf`` (arguments as ``_elu_cos_features``)."""
         if FEAT == 1:
             return dphi * tl.where(xf > 0, 1.0, phi)
-        angle = rows.to(tl.float32) * angle_scale
-        weight = tl.where(fb == 0, tl.cos(angle), tl.sin(angle))
-        return dphi * tl.where(xf > 0, weight[:, None], 0.0)
+        return dphi * tl.where(xf > 0, tl.where(sin_half, tl.sin(angle), tl.cos(angle)), 0.0)
 
     @triton.jit
     def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
@@ -472,10 +469,11 @@ if HAVE_TRITON:
                 dx += _dot(dl.to(w.dtype), w, IEEE)
                 dl_rows += tl.sum(dl, axis=1)
             else:
-                phi = tl.where(ok[:, None], _elu_cos_features(kf, rows + pos0, fb, angle_scale, FEAT), 0.0)
+                angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
+                phi = tl.where(ok[:, None], _elu_cos_features(kf, angle, fb == 1, FEAT), 0.0)
                 dv += _dot(phi.to(v.dtype), ds_in, IEEE)
                 dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
-                dx += _elu_cos_grad(dphi, phi, kf, rows + pos0, fb, angle_scale, FEAT)
+                dx += _elu_cos_grad(dphi, phi, kf, angle, fb == 1, FEAT)
         if FEAT == 0:
             # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
             dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
@@ -497,7 +495,8 @@ if HAVE_TRITON:
         # One program per (token tile, batch·head), looping over feature blocks. FAVOR+: the query
         # stabiliser is the row max over features, found online as flash attention does over keys. The
         # −‖q'‖²/2 term is constant per row, so it cancels against that max and is not computed (its
-        # gradient is added in the backward, as the reference has it).
+        # gradient is added in the backward, as the reference has it). elu/cos: BLOCK_M = D (cos: the cos
+        # and the sin half, both from the same q).
         tile = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -510,6 +509,7 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         den = tl.zeros((BLOCK_N,), dtype=tl.float32)
         m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
+        angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
             s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), q's dtype
@@ -524,7 +524,7 @@ if HAVE_TRITON:
                 den = den * alpha
                 m_row = m_new
             else:
-                p = _elu_cos_features(q.to(tl.float32), rows + pos0, fb, angle_scale, FEAT)
+                p = _elu_cos_features(q.to(tl.float32), angle, fb == 1, FEAT)
             acc += _dot(p.to(q.dtype), s, IEEE)
             den += tl.sum(p * z[None, :], axis=1)
         if FEAT == 0:
@@ -665,14 +665,15 @@ if HAVE_TRITON:
         tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
+        angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
         fcols = tl.arange(0, D)
         dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         for fb in range(M // D):  # elu: one block; cos: the cos and the sin half
             s = tl.load(S + bh * M * D + (fb * D + fcols[:, None]) * D + cols[None, :])
             z = tl.load(Z + bh * M + fb * D + fcols)
             dphi = _dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]
-            phi = _elu_cos_features(xf, rows + pos0, fb, angle_scale, FEAT)
-            dx += _elu_cos_grad(dphi, phi, xf, rows + pos0, fb, angle_scale, FEAT)
+            phi = _elu_cos_features(xf, angle, fb == 1, FEAT)
+            dx += _elu_cos_grad(dphi, phi, xf, angle, fb == 1, FEAT)
         tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
 
@@ -736,7 +737,9 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
         return _Plan(0, m, block_m, block_m_fwd, outer, _favor_rows(spec, x), 0.5 / math.sqrt(d), 0.0,
                      float(spec.eps), 1.0 / math.sqrt(m), ieee)
     angle = math.pi / (2 * spec.horizon) if spec.kind == "cos" else 0.0
-    return _Plan(FEATURE_KINDS[spec.kind], m, d, d, d, None, 0.0, angle, 0.0, 1.0, ieee)
+    # elu/cos: the per-tile loops take D-wide blocks (cos: the cos and the sin half); the reductions
+    # take all M features in one program.
+    return _Plan(FEATURE_KINDS[spec.kind], m, d, d, m, None, 0.0, angle, 0.0, 1.0, ieee)
 
 
 @functools.cache
