@@ -11,7 +11,9 @@ Feature maps are computed inside the kernels from ``q``/``k`` tiles and never wr
 - ``favor``: FAVOR+ ``c·(exp(w·x' − ‖x'‖²/2 − stabiliser) + eps)``, ``x' = d^{-1/4}x``, ``c = 1/√m``
   (the hyperbolic variant is the same map with the rows ``[W; −W]``);
 - ``elu``: ``where(x > 0, x + 1, exp(x))``;
-- ``cos``: cosFormer ``[relu(x)·cos a_i, relu(x)·sin a_i]``, ``a_i = π·i/(2M)``.
+- ``cos``: cosFormer ``[relu(x)·cos a_i, relu(x)·sin a_i]``, ``a_i = π·i/(2M)`` (cos a_i and sin a_i are
+  read from a (2, seq) table built once per length: computing them in every tile cost more than the
+  rest of the feature map).
 
 Work split. The state stage is a reduction over the sequence: one program per (sequence chunk,
 batch·head), and per feature block for FAVOR+, writes a partial ``S``/``z`` for its chunk, and one
@@ -20,11 +22,11 @@ the stabiliser rescale, so that a single 1M-token sequence still fills every SM.
 forward is flash attention's forward with the roles turned (the W rows of a feature block are the
 "queries", loaded once; keys and values stream past). The read-out and the key-side backward are
 independent per token: one program per (token tile, batch·head), looping over feature blocks. The
-read-out backward's ``dS``/``dz`` are again a sequence reduction; for elu/cos the same kernel also
-writes ``dq`` and recomputes the output and its denominator rather than reading them back, for
-FAVOR+ ``dq`` has its own per-tile kernel. Tile length, warps and pipeline depth are chosen per
-(length, sizes, feature map) by timing each candidate once (``_Tuned``); ``LONGSEQ_TRITON_TUNE=0``
-fixes one configuration.
+read-out backward is a per-tile ``dq`` kernel, which also writes ``1/den`` and ``d den`` per query row
+(8 bytes), then the sequence reduction ``dS = Σ φ(q_i)ᵀ·dO_i/den_i``, ``dz = Σ φ(q_i)·d den_i``: for
+elu/cos that is the state forward's kernel with per-row weights. Tile length, warps and pipeline
+depth are chosen per (length, sizes, feature map) by timing each candidate once (``_Tuned``);
+``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
 
 Numerics (DESIGN.md): accumulation in fp32 (``tl.dot`` with fp32 accumulators; feature tiles are
 rounded to the input dtype only as the operand of a tensor-core product, as flash attention does with
@@ -42,8 +44,8 @@ in the kernels); stabilisers:
   saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
   constant per row and cancels against it, so it is not computed; its gradient term is kept.
 
-Backward recomputes every feature tile; what is kept is q, k, v, the small states and (FAVOR+) the
-output and two fp32 numbers per query row (denominator, row max), so the extra memory is
+Backward recomputes every feature tile; what is kept is q, k, v, the small states, the output and one
+or two fp32 numbers per query row (denominator; FAVOR+ also its row max), so the extra memory is
 O(state + seq), never O(seq · features).
 
 On CPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before ``triton`` is
@@ -219,7 +221,7 @@ if HAVE_TRITON:
 
     # Lengths and positions are not specialised on (Triton would otherwise compile a new variant of
     # every candidate whenever their divisibility by 16 changes, i.e. at many sequence lengths).
-    _LENGTHS = ["H", "N", "pos0"]
+    _LENGTHS = ["H", "N"]
 
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
@@ -229,21 +231,29 @@ if HAVE_TRITON:
         return tl.dot(a, b)
 
     @triton.jit
-    def _elu_cos_features(xf, angle, sin_half, FEAT: tl.constexpr):
-        """elu+1 (FEAT 1) or cosFormer (FEAT 2) features of an fp32 tile ``xf``. cosFormer: relu(x)·cos a_i
-        on the first half of the features, relu(x)·sin a_i on the second; ``angle`` (a_i of each token)
-        and ``sin_half`` (True on the sin half) broadcast against ``xf``."""
+    def _trig(TRIG, half, rows, ok, N, FEAT: tl.constexpr):
+        """cosFormer weights of the tokens ``rows``: row ``half`` of the (2, N) table (0: cos a_i,
+        1: sin a_i), read rather than computed (sin/cos cost more than the rest of a feature tile);
+        zeros for elu+1, which has none."""
+        if FEAT == 2:
+            return tl.load(TRIG + half * N + rows, mask=ok, other=0.0)
+        return tl.zeros(rows.shape, dtype=tl.float32)
+
+    @triton.jit
+    def _elu_cos_features(xf, weight, FEAT: tl.constexpr):
+        """elu+1 (FEAT 1) or cosFormer (FEAT 2: relu(x)·weight, the token's cos a_i or sin a_i broadcast
+        against the fp32 tile ``xf``) features."""
         if FEAT == 1:
             # exp(min(x, 0)): the unselected branch must not overflow (see linear_elu.elu_plus_one)
             return tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0)))
-        return tl.maximum(xf, 0.0) * tl.where(sin_half, tl.sin(angle), tl.cos(angle))
+        return tl.maximum(xf, 0.0) * weight
 
     @triton.jit
-    def _elu_cos_grad(dphi, phi, xf, angle, sin_half, FEAT: tl.constexpr):
+    def _elu_cos_grad(dphi, phi, xf, weight, FEAT: tl.constexpr):
         """dx from dφ and the features φ of the fp32 tile ``xf`` (arguments as ``_elu_cos_features``)."""
         if FEAT == 1:
             return dphi * tl.where(xf > 0, 1.0, phi)
-        return dphi * tl.where(xf > 0, tl.where(sin_half, tl.sin(angle), tl.cos(angle)), 0.0)
+        return dphi * tl.where(xf > 0, weight, 0.0)
 
     @triton.jit
     def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
@@ -284,7 +294,7 @@ if HAVE_TRITON:
         S_part, Z_part, M_part, VS_part, ROW_V, ROW_Z,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N, chunk_len, num_chunks,
-        half_norm_scale, angle_scale, pos0,
+        half_norm_scale, TRIG,
         FEAT: tl.constexpr, HAS_MASK: tl.constexpr, ROW_W: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
@@ -356,10 +366,9 @@ if HAVE_TRITON:
                         pt = pt * wz[None, :]
                     zacc += tl.sum(pt, axis=1)
                 else:
-                    angle = (rows + pos0).to(tl.float32) * angle_scale
                     r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
-                    pc = r * tl.cos(angle)[None, :]
-                    ps = r * tl.sin(angle)[None, :]
+                    pc = r * _trig(TRIG, 0, rows, ok, N, FEAT)[None, :]
+                    ps = r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]
                     acc += _dot(pc.to(v.dtype), v, IEEE)
                     acc2 += _dot(ps.to(v.dtype), v, IEEE)
                     if ROW_W:
@@ -426,7 +435,7 @@ if HAVE_TRITON:
         K, V, MASK, W, KMAX, DS, DZ, DVS, DK, DV,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N,
-        half_norm_scale, angle_scale, pos0,
+        half_norm_scale, TRIG,
         FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr,
         M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
@@ -469,11 +478,11 @@ if HAVE_TRITON:
                 dx += _dot(dl.to(w.dtype), w, IEEE)
                 dl_rows += tl.sum(dl, axis=1)
             else:
-                angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
-                phi = tl.where(ok[:, None], _elu_cos_features(kf, angle, fb == 1, FEAT), 0.0)
+                weight = _trig(TRIG, fb, rows, inside, N, FEAT)[:, None]
+                phi = tl.where(ok[:, None], _elu_cos_features(kf, weight, FEAT), 0.0)
                 dv += _dot(phi.to(v.dtype), ds_in, IEEE)
                 dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
-                dx += _elu_cos_grad(dphi, phi, kf, angle, fb == 1, FEAT)
+                dx += _elu_cos_grad(dphi, phi, kf, weight, FEAT)
         if FEAT == 0:
             # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
             dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
@@ -488,7 +497,7 @@ if HAVE_TRITON:
         Q, W, S, Z, SCOL, ZSUM, OUT, DEN, MROW,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        angle_scale, pos0, eps, c,
+        TRIG, eps, c,
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
@@ -509,7 +518,6 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         den = tl.zeros((BLOCK_N,), dtype=tl.float32)
         m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
-        angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
             s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), q's dtype
@@ -524,7 +532,7 @@ if HAVE_TRITON:
                 den = den * alpha
                 m_row = m_new
             else:
-                p = _elu_cos_features(q.to(tl.float32), angle, fb == 1, FEAT)
+                p = _elu_cos_features(q.to(tl.float32), _trig(TRIG, fb, rows, inside, N, FEAT)[:, None], FEAT)
             acc += _dot(p.to(q.dtype), s, IEEE)
             den += tl.sum(p * z[None, :], axis=1)
         if FEAT == 0:
@@ -640,7 +648,7 @@ if HAVE_TRITON:
         Q, S, Z, G, OUT, DEN, DQ, ROW_V, ROW_Z,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        angle_scale, pos0,
+        TRIG,
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
@@ -665,15 +673,15 @@ if HAVE_TRITON:
         tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
-        angle = ((rows + pos0).to(tl.float32) * angle_scale)[:, None]
         fcols = tl.arange(0, D)
         dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         for fb in range(M // D):  # elu: one block; cos: the cos and the sin half
             s = tl.load(S + bh * M * D + (fb * D + fcols[:, None]) * D + cols[None, :])
             z = tl.load(Z + bh * M + fb * D + fcols)
             dphi = _dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]
-            phi = _elu_cos_features(xf, angle, fb == 1, FEAT)
-            dx += _elu_cos_grad(dphi, phi, xf, angle, fb == 1, FEAT)
+            weight = _trig(TRIG, fb, rows, inside, N, FEAT)[:, None]
+            phi = _elu_cos_features(xf, weight, FEAT)
+            dx += _elu_cos_grad(dphi, phi, xf, weight, FEAT)
         tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
 
@@ -740,6 +748,19 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
     # elu/cos: the per-tile loops take D-wide blocks (cos: the cos and the sin half); the reductions
     # take all M features in one program.
     return _Plan(FEATURE_KINDS[spec.kind], m, d, d, m, None, 0.0, angle, 0.0, 1.0, ieee)
+
+
+@functools.lru_cache(maxsize=16)
+def _cos_sin(n: int, offset: int, angle_scale: float, device: torch.device) -> torch.Tensor:
+    """(2, n) fp32 table of cos a_i and sin a_i, a_i = angle_scale·(offset + i), as the PyTorch
+    reference computes them (fp32 positions, exact up to 2**24); built once per (length, offset)."""
+    angle = torch.arange(offset, offset + n, device=device, dtype=torch.float32) * angle_scale
+    return torch.stack([torch.cos(angle), torch.sin(angle)]).contiguous()
+
+
+def _trig_table(plan: _Plan, n: int, offset: int, x: torch.Tensor) -> torch.Tensor:
+    """The kernels' TRIG argument: the cos/sin table for cosFormer, any tensor (unread) otherwise."""
+    return _cos_sin(n, offset, plan.angle_scale, x.device) if plan.feat == 2 else x
 
 
 @functools.cache
@@ -817,7 +838,7 @@ class _StateFn(torch.autograd.Function):
             k, v, mask if mask is not None else k, plan.w if favor else k,
             s_part, z_part, m_part if favor else s_part, vs_part if favor else s_part, s_part, s_part,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E, plan.angle_scale, offset,
+            heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E, _trig_table(plan, n, offset, k),
             FEAT=plan.feat, HAS_MASK=mask is not None, ROW_W=False, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
             IEEE=plan.ieee,
         )
@@ -873,7 +894,7 @@ class _StateFn(torch.autograd.Function):
             k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
             ds.to(k.dtype), dz, dvs, dk, dv,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, plan.half_norm_scale * LOG2E, plan.angle_scale, ctx.offset,
+            heads, n, plan.half_norm_scale * LOG2E, _trig_table(plan, n, ctx.offset, k),
             FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
         )
         return dk, dv, None, None, None, None, None
@@ -901,7 +922,7 @@ class _ReadoutFn(torch.autograd.Function):
             scol = zsum = m_row = s
         _readout_fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
             q, plan.w if favor else q, s_in, z, scol, zsum, out, den, m_row,
-            *_strides(q), heads, n, plan.angle_scale, offset, plan.eps, plan.c,
+            *_strides(q), heads, n, _trig_table(plan, n, offset, q), plan.eps, plan.c,
             FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m_fwd, IEEE=plan.ieee,
         )
         # The backward reads the output and the denominator back (4 bytes a row; the output is
@@ -943,7 +964,7 @@ class _ReadoutFn(torch.autograd.Function):
         else:
             _elu_cos_readout_bwd_dq_kernel[grid](
                 q, s, z, g, out, den, dq, row_v, row_z,
-                *_strides(q), heads, n, plan.angle_scale, ctx.offset,
+                *_strides(q), heads, n, _trig_table(plan, n, ctx.offset, q),
                 FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
             )
             # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
@@ -953,7 +974,7 @@ class _ReadoutFn(torch.autograd.Function):
             _state_fwd_kernel[(1, chunks, bh)](
                 q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
                 *_strides(q), *_strides(g), 0,
-                heads, n, chunk_len, chunks, 0.0, plan.angle_scale, ctx.offset,
+                heads, n, chunk_len, chunks, 0.0, _trig_table(plan, n, ctx.offset, q),
                 FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
                 IEEE=plan.ieee,
             )
