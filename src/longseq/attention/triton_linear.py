@@ -935,7 +935,8 @@ class _ReadoutFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         plan = ctx.plan
-        q, s, z = ctx.saved_tensors[:3]
+        # Unpacked once: under activation checkpointing each saved tensor may be unpacked only once.
+        q, s, z, out, den, *m_row = ctx.saved_tensors
         batch, heads, n, d = q.shape
         bh = batch * heads
         g = g.contiguous()
@@ -944,9 +945,8 @@ class _ReadoutFn(torch.autograd.Function):
         row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
         row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
-        out, den = ctx.saved_tensors[3:5]
         if plan.feat == 0:
-            m_row = ctx.saved_tensors[5]
+            m_row = m_row[0]
             _favor_readout_bwd_dq_kernel[grid](
                 q, plan.w, s, z, g, out, den, m_row, dq, row_v, row_z,
                 *_strides(q), heads, n, plan.half_norm_scale, plan.c,
