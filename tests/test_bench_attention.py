@@ -45,3 +45,13 @@ def test_crossover_is_the_length_from_which_a_method_stays_faster():
     rows.append({"mechanism": "sdpa-math", "mode": "fwd", "seq_len": 8, "status": "oom"})
     rows.append(row("lin", 8, 9.0))
     assert crossovers(rows, "fwd") == {"flaky": 4, "lin": 2}
+
+
+def test_cuda_graph_timing_without_a_gpu_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_attention.py"), "--device", "cpu", "--cuda-graph",
+         "--lengths", "64", "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "--cuda-graph needs --device cuda" in result.stderr.strip().splitlines()[-1]
