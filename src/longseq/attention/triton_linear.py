@@ -545,14 +545,18 @@ if HAVE_TRITON:
                  mask=inside[:, None])
 
     @triton.jit
-    def _readout_grads(g, o, den):
-        """Per query row: d num = g/den, d den = −g·out/den (0 where the clamp was active), and 1/den."""
-        den_c = tl.maximum(den, _FLOOR)
-        g = g.to(tl.float32)
-        rden = 1.0 / den_c
-        dnum = g * rden[:, None]
-        dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o.to(tl.float32), axis=1) * rden)
-        return dnum, dden, rden
+    def _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N):
+        """Read-out backward per query row from dO, the output and the saved denominator (``io``: the
+        tile's offsets): returns d num = dO/den and d den = −dO·out/den (0 where the clamp was active),
+        and writes 1/den and d den, the per-row weights of the dS/dz reduction."""
+        g = tl.load(G + io, mask=inside[:, None], other=0.0).to(tl.float32)
+        o = tl.load(OUT + io, mask=inside[:, None], other=0.0).to(tl.float32)
+        den = tl.load(DEN + bh * N + rows, mask=inside, other=1.0)
+        rden = 1.0 / tl.maximum(den, _FLOOR)
+        dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o, axis=1) * rden)
+        tl.store(ROW_V + bh * N + rows, rden, mask=inside)
+        tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
+        return g * rden[:, None], dden
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
@@ -577,11 +581,7 @@ if HAVE_TRITON:
         q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
                     mask=inside[:, None], other=0.0)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        g = tl.load(G + io, mask=inside[:, None], other=0.0)
-        o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
-        dnum, dden, rden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
-        tl.store(ROW_V + bh * N + rows, rden, mask=inside)
-        tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
+        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
         dnum_in = (c * dnum).to(q.dtype)
         dden = c * dden
@@ -666,11 +666,7 @@ if HAVE_TRITON:
         q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
                     mask=inside[:, None], other=0.0)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        g = tl.load(G + io, mask=inside[:, None], other=0.0)
-        o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
-        dnum, dden, rden = _readout_grads(g, o, tl.load(DEN + bh * N + rows, mask=inside, other=1.0))
-        tl.store(ROW_V + bh * N + rows, rden, mask=inside)
-        tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
+        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
         fcols = tl.arange(0, D)
