@@ -13,6 +13,9 @@ entry, named ``<mechanism>-<impl>`` (``-triton``: the fused kernels of
 column records what actually ran. ``beyond_io_mib`` is the peak extra memory minus the tensors every
 implementation must hold (the output, and with the backward the gradients of q, k, v).
 
+``--cuda-graph`` times replays of each call captured in a CUDA graph: the GPU's work without the
+host's cost of issuing it, which dominates short lengths (peak memory is not measured then).
+
 A method that runs out of memory or past ``--budget-s`` at one length is recorded as such and not
 run at longer lengths. Writes ``<out>/bench_attention.csv``, ``.json`` (device, versions,
 settings, crossover lengths) and ``.png``.
