@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from longseq.plots import crossovers  # noqa: E402  (one rule for the script, the notebook and the figures)
+
 EXACT_BACKENDS = ("flash", "cudnn", "efficient", "math")
 RERUN_CAP_S = 5.0  # a warmed call longer than this is measured once, not repeated
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -201,29 +203,6 @@ def backends_ran(kernel: torch.nn.Module) -> str:
     """``last_backend`` of the kernel and its nested kernels (hybrid's global heads), or ``-``."""
     names = sorted({m.last_backend for m in kernel.modules() if hasattr(m, "last_backend")})
     return ",".join(names) if names else "-"
-
-
-def crossovers(rows: list[dict], mode: str) -> dict[str, int | None]:
-    """Shortest length from which each linear mechanism is faster than every exact backend."""
-    ok = [r for r in rows if r["mode"] == mode and r["status"] == "ok"]
-    lengths = sorted({r["seq_len"] for r in rows if r["mode"] == mode})
-    exact_best: dict[int, float] = {}
-    for n in lengths:
-        times = [r["median_ms"] for r in ok if r["seq_len"] == n and r["mechanism"].startswith("sdpa")]
-        failed = [r for r in rows if r["mode"] == mode and r["seq_len"] == n and r["mechanism"].startswith("sdpa")]
-        exact_best[n] = min(times) if times else (math.inf if failed or n > max(exact_best, default=0) else math.inf)
-    out: dict[str, int | None] = {}
-    for mech in sorted({r["mechanism"] for r in ok if not r["mechanism"].startswith("sdpa")}):
-        mine = {r["seq_len"]: r["median_ms"] for r in ok if r["mechanism"] == mech}
-        cross = None
-        for n in lengths:
-            faster = n in mine and mine[n] < exact_best.get(n, math.inf)
-            if faster and cross is None:
-                cross = n
-            elif not faster and n in mine:
-                cross = None  # must stay faster at every longer length measured
-        out[mech] = cross
-    return out
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:
