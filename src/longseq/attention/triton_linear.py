@@ -746,7 +746,7 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
     return _Plan(FEATURE_KINDS[spec.kind], m, d, d, m, None, 0.0, angle, 0.0, 1.0, ieee)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # a model sees few lengths (training windows, evaluation); 8 MiB each at 1M
 def _cos_sin(n: int, offset: int, angle_scale: float, device: torch.device) -> torch.Tensor:
     """(2, n) fp32 table of cos a_i and sin a_i, a_i = angle_scale·(offset + i), as the PyTorch
     reference computes them (fp32 positions, exact up to 2**24); built once per (length, offset)."""
