@@ -491,6 +491,18 @@ if HAVE_TRITON:
         tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
 
+    @triton.jit
+    def _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Start of the per-tile kernels, one program per (token tile, batch·head): ``bh``, the tile's
+        rows, which of them are inside the sequence, the head_dim columns and q's tile (zeros outside)."""
+        bh = tl.program_id(1)
+        cols = tl.arange(0, D)
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        q = tl.load(Q + (bh // H) * stride_qb + (bh % H) * stride_qh + rows[:, None] * stride_qn + cols[None, :],
+                    mask=inside[:, None], other=0.0)
+        return bh, rows, inside, cols, q
+
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _readout_fwd_kernel(
@@ -506,15 +518,7 @@ if HAVE_TRITON:
         # −‖q'‖²/2 term is constant per row, so it cancels against that max and is not computed (its
         # gradient is added in the backward, as the reference has it). elu/cos: BLOCK_M = D (cos: the cos
         # and the sin half, both from the same q).
-        tile = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        cols = tl.arange(0, D)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
-                    mask=inside[:, None], other=0.0)
+        bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         den = tl.zeros((BLOCK_N,), dtype=tl.float32)
         m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
@@ -571,15 +575,7 @@ if HAVE_TRITON:
         # num_i = Σ_f φ_if S_f, den_i = Σ_f φ_if z_f with φ = c·(core + eps):
         # d core_if = c·(S_f·dnum_i + z_f·dden_i), dl = d core·core. Also writes 1/den_i and dden_i per
         # row for the dS/dz reduction (_favor_readout_bwd_dstate_kernel), which then need not read out.
-        tile = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        cols = tl.arange(0, D)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
-                    mask=inside[:, None], other=0.0)
+        bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
         dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
@@ -656,15 +652,7 @@ if HAVE_TRITON:
         # and the output and denominator saved by the forward (reading them back measured faster on the
         # H100 than recomputing them: 1.6 vs 2.5 ms at 1M for elu+1). Also writes 1/den_i and dden_i per
         # row, so that dS, dz are the state forward's reduction with per-row weights (ROW_W).
-        tile = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        cols = tl.arange(0, D)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + cols[None, :],
-                    mask=inside[:, None], other=0.0)
+        bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
         dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         dnum_in = dnum.to(Q.dtype.element_ty)
@@ -958,9 +946,10 @@ class _ReadoutFn(torch.autograd.Function):
                 D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
             )
         else:
+            trig = _trig_table(plan, n, ctx.offset, q)
             _elu_cos_readout_bwd_dq_kernel[grid](
                 q, s, z, g, out, den, dq, row_v, row_z,
-                *_strides(q), heads, n, _trig_table(plan, n, ctx.offset, q),
+                *_strides(q), heads, n, trig,
                 FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
             )
             # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
@@ -970,7 +959,7 @@ class _ReadoutFn(torch.autograd.Function):
             _state_fwd_kernel[(1, chunks, bh)](
                 q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
                 *_strides(q), *_strides(g), 0,
-                heads, n, chunk_len, chunks, 0.0, _trig_table(plan, n, ctx.offset, q),
+                heads, n, chunk_len, chunks, 0.0, trig,
                 FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
                 IEEE=plan.ieee,
             )
