@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--features", type=int, default=256)
+    p.add_argument("--maps", default="favor,elu,cos", help="comma-separated feature maps to time")
     p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
     p.add_argument("--kernels", action="store_true", help="also list each GPU kernel's time (torch.profiler)")
     args = p.parse_args()
@@ -56,7 +57,10 @@ def main() -> None:
             x.requires_grad_(True)
         if args.host_breakdown:
             host_breakdown(specs["elu"], q, k, v, count)
-        for name, spec in specs.items():
+        for name in args.maps.split(","):
+            if name not in specs:
+                raise SystemExit(f"error: unknown feature map {name!r}: choose from {', '.join(specs)}")
+            spec = specs[name]
             times = stage_times(spec, q, k, v, g, count)
             print(f"seq {seq} {name}: " + ", ".join(f"{key} {ms:.3f} ms" for key, ms in times.items()), flush=True)
             if args.kernels:
