@@ -166,11 +166,6 @@ if HAVE_TRITON:
     _FLOOR = tl.constexpr(DENOMINATOR_FLOOR)
     _NEG = tl.constexpr(NEG_BIG)
     _LN2 = tl.constexpr(LN2)
-    # exp2 as one MUFU.EX2 instruction (ex2.approx.ftz: results below 2^-126 flush to zero, which
-    # no feature can notice). tl.exp2 lowers to the non-ftz form, whose denormal handling adds three
-    # instructions per element; the feature maps are issue-bound on exactly these elementwise steps.
-    # The interpreter has no inline assembly. LONGSEQ_TRITON_FAST_EXP=0 restores tl.exp2 (A/B timing).
-    _FAST_EXP = tl.constexpr(not interpreter_on() and os.environ.get("LONGSEQ_TRITON_FAST_EXP", "1") != "0")
 
     def _configs() -> list:
         if interpreter_on():
@@ -236,13 +231,6 @@ if HAVE_TRITON:
         return tl.dot(a, b)
 
     @triton.jit
-    def _exp2(x):
-        if _FAST_EXP:
-            return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                             is_pure=True, pack=1)
-        return tl.exp2(x)
-
-    @triton.jit
     def _trig(TRIG, half, rows, ok, N, FEAT: tl.constexpr):
         """cosFormer weights of the tokens ``rows``: row ``half`` of the (2, N) table (0: cos a_i,
         1: sin a_i), read rather than computed (sin/cos cost more than the rest of a feature tile);
@@ -259,8 +247,10 @@ if HAVE_TRITON:
         two latency-bound K = D products."""
         if FEAT == 2:
             t = tl.arange(0, 2 * D)
-            return (t % 2) * D + t // 2
-        return tl.arange(0, D)
+            rows = (t % 2) * D + t // 2
+        else:
+            rows = tl.arange(0, D)
+        return rows
 
     @triton.jit
     def _elu_cos_tile(xf, rows, ok, TRIG, N, FEAT: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
@@ -282,10 +272,14 @@ if HAVE_TRITON:
     def _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT: tl.constexpr, BLOCK_N: tl.constexpr,
                             D: tl.constexpr):
         """dx (BLOCK_N, D) from dφ (BLOCK_N, M) and what ``_elu_cos_tile`` returned for ``xf``."""
+        # One return after the branches: the compiler builds what follows an early return in a
+        # constexpr branch too, and the cos reshape does not fit elu's shapes.
         if FEAT == 1:
-            return dphi * tl.where(xf > 0, 1.0, phi)
-        dc, dsn = tl.split(tl.reshape(dphi, (BLOCK_N, D, 2)))
-        return tl.where(xf > 0, dc * wc[:, None] + dsn * ws[:, None], 0.0)
+            dx = dphi * tl.where(xf > 0, 1.0, phi)
+        else:
+            dc, dsn = tl.split(tl.reshape(dphi, (BLOCK_N, D, 2)))
+            dx = tl.where(xf > 0, dc * wc[:, None] + dsn * ws[:, None], 0.0)
+        return dx
 
     @triton.jit
     def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
@@ -309,8 +303,8 @@ if HAVE_TRITON:
         if MASKED:
             lt = tl.where(ok[None, :], lt, _NEG)
         m_new = tl.maximum(m_run, tl.max(lt, axis=1))
-        alpha = _exp2(m_run - m_new)
-        pt = _exp2(lt - m_new[:, None])
+        alpha = tl.exp2(m_run - m_new)
+        pt = tl.exp2(lt - m_new[:, None])
         if MASKED:  # a feature with no real key yet has m_new = NEG, and exp2(NEG − NEG) = 1
             pt = tl.where(ok[None, :], pt, 0.0)
         acc = acc * alpha[:, None] + _dot(pt.to(v.dtype), v, IEEE)
@@ -503,7 +497,7 @@ if HAVE_TRITON:
                 w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
                 lt = _dot(k, tl.trans(w), IEEE) - half_norm[:, None]
                 # Padded rows are zeroed keys whose logits may exceed the max: clamp, then zero them.
-                core = tl.where(ok[:, None], _exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
+                core = tl.where(ok[:, None], tl.exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
                 dv += _dot(core.to(v.dtype), ds_in, IEEE)
                 dl = (_dot(v, tl.trans(ds_in), IEEE) + dz[None, :]) * core
                 dx += _dot(dl.to(w.dtype), w, IEEE)
@@ -562,8 +556,8 @@ if HAVE_TRITON:
                 w = tl.load(W + fcols[:, None] * D + cols[None, :])
                 lg = _dot(q, tl.trans(w), IEEE)  # (BLOCK_N, BLOCK_M), log2 units
                 m_new = tl.maximum(m_row, tl.max(lg, axis=1))
-                alpha = _exp2(m_row - m_new)
-                p = _exp2(lg - m_new[:, None])
+                alpha = tl.exp2(m_row - m_new)
+                p = tl.exp2(lg - m_new[:, None])
                 acc = acc * alpha[:, None] + _dot(p.to(q.dtype), s, IEEE)
                 den = den * alpha + tl.sum(p * z[None, :], axis=1)
                 m_row = m_new
@@ -584,93 +578,94 @@ if HAVE_TRITON:
                  mask=inside[:, None])
 
     @triton.jit
-    def _readout_row_grads(G, OUT, DEN, io, bh, rows, inside, N):
+    def _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N):
         """Read-out backward per query row from dO, the output and the saved denominator (``io``: the
-        tile's offsets): d num = dO/den, d den = −dO·out/den (0 where the clamp was active) and 1/den."""
+        tile's offsets): returns d num = dO/den and d den = −dO·out/den (0 where the clamp was active),
+        and writes 1/den and d den, the per-row weights of the dS/dz reduction."""
         g = tl.load(G + io, mask=inside[:, None], other=0.0).to(tl.float32)
         o = tl.load(OUT + io, mask=inside[:, None], other=0.0).to(tl.float32)
         den = tl.load(DEN + bh * N + rows, mask=inside, other=1.0)
         rden = 1.0 / tl.maximum(den, _FLOOR)
         dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o, axis=1) * rden)
-        return g * rden[:, None], dden, rden
-
-    @triton.jit
-    def _favor_readout_bwd_block(q, w, s, z, m_row, dnum, dden, dsacc, dzacc, dx, dl_rows, c, ceps,
-                                 IEEE: tl.constexpr):
-        # One feature block of one query tile. φ = c·core + c·eps, core = exp(w·q' − stabiliser), is
-        # rebuilt once and serves both halves of the backward: dS_f += φ_fᵀ·dnum and dz_f += φ_f·dden
-        # (kept transposed, (D, BLOCK_F), so dnum is the left operand as loaded), and for dq the
-        # logit gradient dl = dφ·c·core with dφ_f = S_f·dnum + z_f·dden.
-        core = c * _exp2(_dot(q, tl.trans(w), IEEE) - m_row[:, None])  # (BLOCK_N, BLOCK_F)
-        phi = core + ceps
-        dsacc += _dot(tl.trans(dnum), phi.to(dnum.dtype), IEEE)
-        dzacc += tl.sum(phi * dden[:, None], axis=0)
-        dl = (_dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]) * core
-        dx += _dot(dl.to(w.dtype), w, IEEE)
-        dl_rows += tl.sum(dl, axis=1)
-        return dsacc, dzacc, dx, dl_rows
+        tl.store(ROW_V + bh * N + rows, rden, mask=inside)
+        tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
+        return g * rden[:, None], dden
 
     @_Tuned
-    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks", "f0"])
-    def _favor_readout_bwd_kernel(
-        Q, W, S, Z, G, OUT, DEN, MROW, DQ, DS_part, DZ_part,
+    @triton.jit(do_not_specialize=_LENGTHS)
+    def _favor_readout_bwd_dq_kernel(
+        Q, W, S, Z, G, OUT, DEN, MROW, DQ, ROW_V, ROW_Z,
         stride_qb, stride_qh, stride_qn,
-        H, N, chunk_len, num_chunks, f0,
-        half_norm_scale, eps, c,
-        TWO: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_F: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+        H, N,
+        half_norm_scale, c,
+        D: tl.constexpr, M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # The whole FAVOR+ read-out backward for the features f0 … f0 + (1 + TWO)·BLOCK_F (every
-        # feature when there are at most 256) in one pass over the queries: one program per (sequence
-        # chunk, batch·head) walks its chunk's tiles, writes each tile's dq (DQ: q's dtype when this
-        # launch covers every feature, else this launch's fp32 part) and keeps the chunk's partial
-        # dS/dz in registers. Building each query feature tile once instead of once for dq and once
-        # for dS saves a fifth of FAVOR+'s products and exponentials. Rows past the chunk load 0.
-        chunk = tl.program_id(0)
-        bh = tl.program_id(1)
-        q_base = Q + (bh // H) * stride_qb + (bh % H) * stride_qh
+        # num_i = Σ_f φ_if S_f, den_i = Σ_f φ_if z_f with φ = c·(core + eps):
+        # d core_if = c·(S_f·dnum_i + z_f·dden_i), dl = d core·core. Also writes 1/den_i and dden_i per
+        # row for the dS/dz reduction (_favor_readout_bwd_dstate_kernel), which then need not read out.
+        bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
+        io = bh * N * D + rows[:, None] * D + cols[None, :]
+        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
+        m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
+        dnum_in = (c * dnum).to(q.dtype)
+        dden = c * dden
+        dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+        dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for fb in range(M // BLOCK_M):
+            fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+            w = tl.load(W + fcols[:, None] * D + cols[None, :])
+            s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])
+            z = tl.load(Z + bh * M + fcols)
+            core = tl.exp2(_dot(q, tl.trans(w), IEEE) - m_row[:, None])
+            dl = (_dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]) * core
+            dx += _dot(dl.to(w.dtype), w, IEEE)
+            dl_rows += tl.sum(dl, axis=1)
+        dx = dx * _LN2 - dl_rows[:, None] * (2.0 * half_norm_scale) * q.to(tl.float32)
+        tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
+
+    @_Tuned
+    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
+    def _favor_readout_bwd_dstate_kernel(
+        Q, W, G, MROW, ROW_V, ROW_Z, DS_part, DZ_part,
+        stride_qb, stride_qh, stride_qn,
+        H, N, chunk_len, num_chunks,
+        eps, c,
+        D: tl.constexpr, M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        # dS_f = Σ_i φ_if dnum_i, dz_f = Σ_i φ_if dden_i over one chunk of queries, one program per
+        # (feature block, chunk, batch·head) with its W rows loaded once; features built transposed
+        # (BLOCK_M, BLOCK_N) so they are the left operand as computed. dnum_i = g_i/den_i and dden_i
+        # come from the per-row values the dq kernel wrote. Rows past the chunk load 0 and add nothing.
+        fb = tl.program_id(0)
+        chunk = tl.program_id(1)
+        bh = tl.program_id(2)
+        b = bh // H
+        h = bh % H
         cols = tl.arange(0, D)
-        fa = f0 + tl.arange(0, BLOCK_F)
-        wa = tl.load(W + fa[:, None] * D + cols[None, :])
-        sa = tl.load(S + bh * M * D + fa[:, None] * D + cols[None, :])
-        za = tl.load(Z + bh * M + fa)
-        dsa = tl.zeros((D, BLOCK_F), dtype=tl.float32)
-        dza = tl.zeros((BLOCK_F,), dtype=tl.float32)
-        if TWO:  # a second block: two accumulators rather than one twice as wide (registers)
-            fb = fa + BLOCK_F
-            wb = tl.load(W + fb[:, None] * D + cols[None, :])
-            sb = tl.load(S + bh * M * D + fb[:, None] * D + cols[None, :])
-            zb = tl.load(Z + bh * M + fb)
-            dsb = tl.zeros((D, BLOCK_F), dtype=tl.float32)
-            dzb = tl.zeros((BLOCK_F,), dtype=tl.float32)
-        ceps = c * eps
+        q_base = Q + b * stride_qb + h * stride_qh
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
+        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+        w = tl.load(W + fcols[:, None] * D + cols[None, :])
+        acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+        zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
             inside = rows < stop
             q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
-            io = bh * N * D + rows[:, None] * D + cols[None, :]
-            dnum, dden, _ = _readout_row_grads(G, OUT, DEN, io, bh, rows, inside, N)
-            dnum = dnum.to(q.dtype)
+            g = tl.load(G + bh * N * D + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
+            rv = tl.load(ROW_V + bh * N + rows, mask=inside, other=0.0)
+            dden = tl.load(ROW_Z + bh * N + rows, mask=inside, other=0.0)
             m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
-            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-            dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            dsa, dza, dx, dl_rows = _favor_readout_bwd_block(
-                q, wa, sa, za, m_row, dnum, dden, dsa, dza, dx, dl_rows, c, ceps, IEEE)
-            if TWO:
-                dsb, dzb, dx, dl_rows = _favor_readout_bwd_block(
-                    q, wb, sb, zb, m_row, dnum, dden, dsb, dzb, dx, dl_rows, c, ceps, IEEE)
-            # W carries log2 e (ln 2 undoes it); the −‖q'‖²/2 term contributes −Σ_f dl_f·q/√d.
-            dx = dx * _LN2 - dl_rows[:, None] * (2.0 * half_norm_scale) * q.to(tl.float32)
-            tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
-        out = DS_part + (bh * num_chunks + chunk) * M * D + cols[:, None]
-        zout = DZ_part + (bh * num_chunks + chunk) * M
-        tl.store(out + fa[None, :] * D, dsa)
-        tl.store(zout + fa, dza)
-        if TWO:
-            tl.store(out + fb[None, :] * D, dsb)
-            tl.store(zout + fb, dzb)
+            pt = c * (tl.exp2(_dot(w, tl.trans(q), IEEE) - m_row[None, :]) + eps)  # (BLOCK_M, BLOCK_N)
+            dnum = (g.to(tl.float32) * rv[:, None]).to(q.dtype)
+            acc += _dot(pt.to(q.dtype), dnum, IEEE)
+            zacc += tl.sum(pt * dden[None, :], axis=1)
+        part = bh * num_chunks + chunk
+        tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+        tl.store(DZ_part + part * M + fcols, zacc)
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
@@ -688,9 +683,7 @@ if HAVE_TRITON:
         # row, so that dS, dz are the state forward's reduction with per-row weights (ROW_W).
         bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        dnum, dden, rden = _readout_row_grads(G, OUT, DEN, io, bh, rows, inside, N)
-        tl.store(ROW_V + bh * N + rows, rden, mask=inside)
-        tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
+        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
         t = _state_rows(FEAT, D)
@@ -715,7 +708,7 @@ class _Plan:
     m: int
     block_m: int  # feature block of the backward kernels that loop over features (per token tile)
     block_m_fwd: int  # the same for the read-out forward
-    block_m_outer: int  # feature block of the sequence reductions (state forward, FAVOR+ read-out backward)
+    block_m_outer: int  # feature block of the kernels with one program per block (sequence reductions)
     w: torch.Tensor | None  # (M, D) in the input dtype (favor), else None
     half_norm_scale: float  # 0.5·d^{-1/2} (natural units)
     angle_scale: float
@@ -756,8 +749,7 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
     if spec.kind == "favor":
         # Feature blocks measured on the H100 at 1M tokens, 256 features (the tile length, warps and
         # stages are tuned per call): 32 in the backward's per-tile loops (the dq kernel 0.9 ms faster
-        # than with 64), 64 in the read-out forward (0.2 ms faster than 32), 128 in the reductions (the
-        # read-out backward takes two such blocks per pass).
+        # than with 64), 64 in the read-out forward (0.2 ms faster than 32), 128 in the reductions.
         block_m, block_m_fwd, outer = (next(b for b in choices if m % b == 0) for choices in (
             (32, 16), (64, 32, 16), (128, 64, 32, 16)))
         return _Plan(0, m, block_m, block_m_fwd, outer, _favor_rows(spec, x), 0.5 / math.sqrt(d), 0.0,
@@ -959,32 +951,29 @@ class _ReadoutFn(torch.autograd.Function):
         bh = batch * heads
         g = g.contiguous()
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        # Per query row: 1/den and d den, written by the dq kernel for the dS/dz reduction.
+        row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
         if plan.feat == 0:
-            # One pass builds each query feature tile once for dq and dS/dz; it takes up to two
-            # blocks of features (all of them up to 256), and with more, each launch writes its
-            # part of dq in fp32 and the parts are summed here.
-            blocks = plan.m // plan.block_m_outer
-            per_launch = 2 if blocks % 2 == 0 else 1
-            launches = blocks // per_launch
-            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
+            m_row = m_row[0]
+            _favor_readout_bwd_dq_kernel[grid](
+                q, plan.w, s, z, g, out, den, m_row, dq, row_v, row_z,
+                *_strides(q), heads, n, plan.half_norm_scale, plan.c,
+                D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+            )
+            nfb = plan.m // plan.block_m_outer
+            chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
             ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
             dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-            dq_parts = dq if launches == 1 else torch.empty(launches, *dq.shape, device=q.device, dtype=torch.float32)
-            for i in range(launches):
-                _favor_readout_bwd_kernel[(chunks, bh)](
-                    q, plan.w, s, z, g, out, den, m_row[0], dq_parts if launches == 1 else dq_parts[i],
-                    ds_part, dz_part, *_strides(q), heads, n, chunk_len, chunks,
-                    i * per_launch * plan.block_m_outer, plan.half_norm_scale, plan.eps, plan.c,
-                    TWO=per_launch == 2, D=d, M=plan.m, BLOCK_F=plan.block_m_outer, IEEE=plan.ieee,
-                )
-            if launches > 1:
-                dq = dq_parts.sum(dim=0).to(q.dtype)
+            _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
+                q, plan.w, g, m_row, row_v, row_z, ds_part, dz_part,
+                *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
+                D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+            )
         else:
             trig = _trig_table(plan, n, ctx.offset, q)
-            # Per query row: 1/den and d den, written by the dq kernel for the dS/dz reduction.
-            row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-            row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-            _elu_cos_readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+            _elu_cos_readout_bwd_dq_kernel[grid](
                 q, s, z, g, out, den, dq, row_v, row_z,
                 *_strides(q), heads, n, trig,
                 FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
