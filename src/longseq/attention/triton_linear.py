@@ -253,9 +253,12 @@ if HAVE_TRITON:
         return rows
 
     @triton.jit
-    def _elu_cos_tile(xf, rows, ok, TRIG, N, FEAT: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        """Features (BLOCK_N, M) of the fp32 tile ``xf`` in ``_state_rows`` order, zero on rows not
-        ``ok``, and the tokens' cos a_i, sin a_i (zeros for elu+1)."""
+    def _elu_cos_tile(xf, rows, ok, TRIG, N, FEAT: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                      ZERO_ROWS: tl.constexpr):
+        """Features (BLOCK_N, M) of the fp32 tile ``xf`` in ``_state_rows`` order, and the tokens' cos a_i,
+        sin a_i (zeros for elu+1). ZERO_ROWS: zero the features of rows not ``ok`` (padding keys). The
+        query kernels skip it: they compute every query row, as the reference does, and store none
+        past the end."""
         if FEAT == 1:
             # exp(min(x, 0)): the unselected branch must not overflow (see linear_elu.elu_plus_one)
             phi = tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0)))
@@ -266,7 +269,9 @@ if HAVE_TRITON:
             ws = _trig(TRIG, 1, rows, ok, N, FEAT)
             r = tl.maximum(xf, 0.0)
             phi = tl.reshape(tl.join(r * wc[:, None], r * ws[:, None]), (BLOCK_N, 2 * D))
-        return tl.where(ok[:, None], phi, 0.0), wc, ws
+        if ZERO_ROWS:
+            phi = tl.where(ok[:, None], phi, 0.0)
+        return phi, wc, ws
 
     @triton.jit
     def _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -280,6 +285,13 @@ if HAVE_TRITON:
             dc, dsn = tl.split(tl.reshape(dphi, (BLOCK_N, D, 2)))
             dx = tl.where(xf > 0, dc * wc[:, None] + dsn * ws[:, None], 0.0)
         return dx
+
+    @triton.jit
+    def _cos_half(S, Z, bh, cols, h, M: tl.constexpr, D: tl.constexpr):
+        """Half ``h`` (0: cos, 1: sin) of a cosFormer state, (D, D), and of its z. The fp32 kernels take
+        the halves one at a time in a loop: one K = 2D FMA product, or two in one block, spill."""
+        f = h * D + tl.arange(0, D)
+        return tl.load(S + bh * M * D + f[:, None] * D + cols[None, :]), tl.load(Z + bh * M + f)
 
     @triton.jit
     def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
@@ -505,11 +517,21 @@ if HAVE_TRITON:
             # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
             dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
             dv = tl.where(ok[:, None], dv + tl.load(DVS + bh * D + cols)[None, :], 0.0)
+        elif FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            r = tl.where(ok[:, None], tl.maximum(kf, 0.0), 0.0)
+            dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            for h in range(2):
+                wh = _trig(TRIG, h, rows, inside, N, FEAT)
+                sh, zh = _cos_half(DS, DZ, bh, cols, h, M, D)
+                dv += wh[:, None] * _dot(r, sh, IEEE)
+                dphi = _dot(v, tl.trans(sh), IEEE) + zh[None, :]
+                dx += tl.where(ok[:, None] & (kf > 0), wh[:, None] * dphi, 0.0)
         else:  # every feature in one block: dv = φ·dS', dφ = v·dS'ᵀ + dz'
             t = _state_rows(FEAT, D)
             ds_in = tl.load(DS + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
             dz = tl.load(DZ + bh * M + t)
-            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D)
+            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
             dv = _dot(phi.to(v.dtype), ds_in, IEEE)
             dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
             dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
@@ -561,11 +583,20 @@ if HAVE_TRITON:
                 acc = acc * alpha[:, None] + _dot(p.to(q.dtype), s, IEEE)
                 den = den * alpha + tl.sum(p * z[None, :], axis=1)
                 m_row = m_new
+        elif FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            r = tl.maximum(q.to(tl.float32), 0.0)
+            acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            den = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for h in range(2):
+                wh = _trig(TRIG, h, rows, inside, N, FEAT)
+                sh, zh = _cos_half(S, Z, bh, cols, h, M, D)
+                acc += wh[:, None] * _dot(r, sh, IEEE)
+                den += wh * tl.sum(r * zh[None, :], axis=1)
         else:  # every feature in one block
             t = _state_rows(FEAT, D)
             s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
             z = tl.load(Z + bh * M + t)
-            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D)
+            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
             acc = _dot(p.to(q.dtype), s, IEEE)
             den = tl.sum(p * z[None, :], axis=1)
         if FEAT == 0:
@@ -686,12 +717,20 @@ if HAVE_TRITON:
         dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
-        t = _state_rows(FEAT, D)
-        s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
-        z = tl.load(Z + bh * M + t)
-        dphi = _dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]  # (BLOCK_N, M)
-        phi, wc, ws = _elu_cos_tile(xf, rows, inside, TRIG, N, FEAT, BLOCK_N, D)
-        dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT, BLOCK_N, D)
+        if FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            for h in range(2):
+                wh = _trig(TRIG, h, rows, inside, N, FEAT)
+                sh, zh = _cos_half(S, Z, bh, cols, h, M, D)
+                dphi = _dot(dnum_in, tl.trans(sh), IEEE) + dden[:, None] * zh[None, :]
+                dx += tl.where(xf > 0, wh[:, None] * dphi, 0.0)
+        else:
+            t = _state_rows(FEAT, D)
+            s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
+            z = tl.load(Z + bh * M + t)
+            dphi = _dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]  # (BLOCK_N, M)
+            phi, wc, ws = _elu_cos_tile(xf, rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
+            dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT, BLOCK_N, D)
         tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
 
