@@ -257,8 +257,9 @@ if HAVE_TRITON:
                       ZERO_ROWS: tl.constexpr):
         """Features (BLOCK_N, M) of the fp32 tile ``xf`` in ``_state_rows`` order, and the tokens' cos a_i,
         sin a_i (zeros for elu+1). ZERO_ROWS: zero the features of rows not ``ok`` (padding keys). The
-        query kernels skip it: they compute every query row, as the reference does, and store none
-        past the end."""
+        query kernels need not: they compute every query row, as the reference does, and store none
+        past the end; the cosFormer read-out forward still does, as the compiler then schedules the
+        join better (H100, 1M tokens: 0.97 ms with, 1.34 ms without; elu+1 is 0.05 ms faster without)."""
         if FEAT == 1:
             # exp(min(x, 0)): the unselected branch must not overflow (see linear_elu.elu_plus_one)
             phi = tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0)))
@@ -596,7 +597,8 @@ if HAVE_TRITON:
             t = _state_rows(FEAT, D)
             s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
             z = tl.load(Z + bh * M + t)
-            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
+            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D,
+                                    FEAT == 2)
             acc = _dot(p.to(q.dtype), s, IEEE)
             den = tl.sum(p * z[None, :], axis=1)
         if FEAT == 0:
