@@ -288,11 +288,13 @@ if HAVE_TRITON:
         return dx
 
     @triton.jit
-    def _cos_half(S, Z, bh, cols, h, M: tl.constexpr, D: tl.constexpr):
-        """Half ``h`` (0: cos, 1: sin) of a cosFormer state, (D, D), and of its z. The fp32 kernels take
-        the halves one at a time in a loop: one K = 2D FMA product, or two in one block, spill."""
+    def _cos_half(S, Z, bh, cols, h, TRIG, rows, ok, N, M: tl.constexpr, D: tl.constexpr):
+        """Half ``h`` (0: cos, 1: sin) of a cosFormer state, (D, D), and of its z, and the tokens'
+        weight of that half (cos a_i or sin a_i). The fp32 kernels take the halves one at a time in a
+        loop: one K = 2D FMA product, or two in one block, spill."""
         f = h * D + tl.arange(0, D)
-        return tl.load(S + bh * M * D + f[:, None] * D + cols[None, :]), tl.load(Z + bh * M + f)
+        return (tl.load(S + bh * M * D + f[:, None] * D + cols[None, :]), tl.load(Z + bh * M + f),
+                _trig(TRIG, h, rows, ok, N, 2))
 
     @triton.jit
     def _favor_state_tile(acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, rows, stop, cols,
@@ -523,8 +525,7 @@ if HAVE_TRITON:
             dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             for h in range(2):
-                wh = _trig(TRIG, h, rows, inside, N, FEAT)
-                sh, zh = _cos_half(DS, DZ, bh, cols, h, M, D)
+                sh, zh, wh = _cos_half(DS, DZ, bh, cols, h, TRIG, rows, inside, N, M, D)
                 dv += wh[:, None] * _dot(r, sh, IEEE)
                 dphi = _dot(v, tl.trans(sh), IEEE) + zh[None, :]
                 dx += tl.where(ok[:, None] & (kf > 0), wh[:, None] * dphi, 0.0)
@@ -565,8 +566,8 @@ if HAVE_TRITON:
         # One program per (token tile, batch·head), looping over feature blocks. FAVOR+: the query
         # stabiliser is the row max over features, found online as flash attention does over keys. The
         # −‖q'‖²/2 term is constant per row, so it cancels against that max and is not computed (its
-        # gradient is added in the backward, as the reference has it). elu/cos: BLOCK_M = D (cos: the cos
-        # and the sin half, both from the same q).
+        # gradient is added in the backward, as the reference has it). elu/cos: every feature in one block
+        # (BLOCK_M unused; fp32 cosFormer: one half at a time).
         bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         if FEAT == 0:
             acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
@@ -589,8 +590,7 @@ if HAVE_TRITON:
             acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             den = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for h in range(2):
-                wh = _trig(TRIG, h, rows, inside, N, FEAT)
-                sh, zh = _cos_half(S, Z, bh, cols, h, M, D)
+                sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
                 acc += wh[:, None] * _dot(r, sh, IEEE)
                 den += wh * tl.sum(r * zh[None, :], axis=1)
         else:  # every feature in one block
@@ -722,8 +722,7 @@ if HAVE_TRITON:
         if FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
             dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             for h in range(2):
-                wh = _trig(TRIG, h, rows, inside, N, FEAT)
-                sh, zh = _cos_half(S, Z, bh, cols, h, M, D)
+                sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
                 dphi = _dot(dnum_in, tl.trans(sh), IEEE) + dden[:, None] * zh[None, :]
                 dx += tl.where(xf > 0, wh[:, None] * dphi, 0.0)
         else:
@@ -796,8 +795,8 @@ def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
         return _Plan(0, m, block_m, block_m_fwd, outer, _favor_rows(spec, x), 0.5 / math.sqrt(d), 0.0,
                      float(spec.eps), 1.0 / math.sqrt(m), ieee)
     angle = math.pi / (2 * spec.horizon) if spec.kind == "cos" else 0.0
-    # elu/cos: the per-tile loops take D-wide blocks (cos: the cos and the sin half); the reductions
-    # take all M features in one program.
+    # elu/cos: the per-tile kernels take every feature in one block (their BLOCK_M is unused; fp32
+    # cosFormer loops over its two D-wide halves); the reductions take all M features in one program.
     return _Plan(FEATURE_KINDS[spec.kind], m, d, d, m, None, 0.0, angle, 0.0, 1.0, ieee)
 
 
