@@ -28,6 +28,8 @@ from longseq.attention import triton_linear as fused  # noqa: E402
 from longseq.attention.linear_core import real_token_count  # noqa: E402
 from longseq.attention.performer import PerformerAttention  # noqa: E402
 
+MAPS = ("favor", "elu", "cos")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +42,10 @@ def main() -> None:
     p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
     p.add_argument("--kernels", action="store_true", help="also list each GPU kernel's time (torch.profiler)")
     args = p.parse_args()
+    maps = args.maps.split(",")
+    unknown = [m for m in maps if m not in MAPS]
+    if unknown:
+        raise SystemExit(f"error: unknown feature map {unknown[0]!r} in --maps: choose from {', '.join(MAPS)}")
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
 
@@ -57,9 +63,7 @@ def main() -> None:
             x.requires_grad_(True)
         if args.host_breakdown:
             host_breakdown(specs["elu"], q, k, v, count)
-        for name in args.maps.split(","):
-            if name not in specs:
-                raise SystemExit(f"error: unknown feature map {name!r}: choose from {', '.join(specs)}")
+        for name in maps:
             spec = specs[name]
             times = stage_times(spec, q, k, v, g, count)
             print(f"seq {seq} {name}: " + ", ".join(f"{key} {ms:.3f} ms" for key, ms in times.items()), flush=True)
