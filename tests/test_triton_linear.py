@@ -6,8 +6,9 @@ relative errors of every case as JSON; the tests then check them. Small sizes, f
 inputs; forward and the gradients of q, k, v; with and without padding (an all-padding row too),
 non-power-of-two lengths and feature counts, several sequence chunks (the partial-state combine and
 the online key stabiliser). The interpreter runs fp32 only: with Triton 3.7 it returns garbage for
-bf16 tensors on CPU (values off by orders of magnitude), so bf16 is checked on a GPU (marker
-``gpu``), where the same comparisons run compiled, in fp32 and bf16, at longer lengths.
+bf16 tensors on CPU (values off by orders of magnitude). The kernels' bf16 branches are still run
+there, on fp32 inputs (cases ``*_tc``); bf16 itself is checked on a GPU (marker ``gpu``), where the
+same comparisons run compiled, in fp32 and bf16, at longer lengths.
 ``LONGSEQ_TRITON_TUNE=0`` (set before the run) skips the autotuner there: otherwise every new length
 times eight candidate configurations of each kernel.
 """
@@ -134,8 +135,26 @@ def checkpointed_error(device: str) -> float:
     return worst
 
 
+def tensor_core_path_errors() -> dict:
+    """The cases again with fp32 inputs sent down the bf16/fp16 branches of the kernels (``ieee`` off
+    in the launch plan): the interpreter cannot run bf16, and those branches differ from the fp32 ones
+    (cosFormer's interleaved features, tl.join/tl.split), so this is CI's check of their logic. The
+    interpreter's dots are exact fp32 products whatever the precision flag."""
+    import dataclasses
+
+    from longseq.attention import triton_linear
+
+    plan = triton_linear._plan
+    triton_linear._plan = lambda spec, x: dataclasses.replace(plan(spec, x), ieee=False)
+    try:
+        return {f"{case[0]}_tc": relative_errors(case, "cpu", torch.float32, 2, CHUNK) for case in CASES}
+    finally:
+        triton_linear._plan = plan
+
+
 def interpreter_results() -> dict:
     errors = {case[0]: relative_errors(case, "cpu", torch.float32, 1, CHUNK) for case in CASES}
+    errors.update(tensor_core_path_errors())
     errors["sharded"] = [sharded_error("cpu")]
     errors["checkpointed"] = [checkpointed_error("cpu")]
     return errors
@@ -151,9 +170,10 @@ def interpreted() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES])
+@pytest.mark.parametrize("name", [c[0] + path for path in ("", "_tc") for c in CASES])
 def test_interpreter_matches_torch(interpreted, name):
-    # fp32 kernels (IEEE dots) against the fp64 reference: only summation order differs.
+    # fp32 kernels against the fp64 reference, through the fp32 (IEEE) branches and the tensor-core
+    # ones ("_tc"): only summation order differs.
     out_err, *grad_errs = interpreted[name]
     assert out_err < 1e-5, f"{name}: forward relative error {out_err:.2e}"
     for which, err in zip("qkv", grad_errs, strict=True):
