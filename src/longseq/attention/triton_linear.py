@@ -168,22 +168,16 @@ if HAVE_TRITON:
     _LN2 = tl.constexpr(LN2)
 
     def _configs(loop: bool) -> list:
-        """Candidate launch configurations. ``loop``: the elu/cos per-token kernels, whose programs walk a
-        chunk of tiles: they also choose PREFETCH and may take 32-token tiles (their cosFormer backward
-        spills at 64 with four warps); Triton does not pipeline their loads, so one pipeline depth."""
+        """Candidate launch configurations. ``loop``: the elu/cos per-token kernels whose programs walk a
+        chunk of tiles; they also choose PREFETCH."""
         fixed = {"PREFETCH": 1} if loop else {}
         if interpreter_on():  # 32-token tiles in the loops: several per chunk, so prefetching is exercised
             return [triton.Config({"BLOCK_N": 32 if loop else 64, **fixed}, num_warps=4, num_stages=1)]
         if os.environ.get("LONGSEQ_TRITON_TUNE", "1") == "0":  # one fixed configuration (quick tests)
             return [triton.Config({"BLOCK_N": 64, **fixed}, num_warps=4, num_stages=2)]
-        if loop:
-            return [
-                triton.Config({"BLOCK_N": bn, "PREFETCH": pf}, num_warps=w, num_stages=2)
-                for bn in (32, 64, 128) for w in (4, 8) for pf in (0, 1)
-            ]
         return [
-            triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bn in (64, 128) for w in (4, 8) for st in (2, 3)
+            triton.Config({"BLOCK_N": bn, **({"PREFETCH": pf} if loop else {})}, num_warps=w, num_stages=st)
+            for bn in (64, 128) for w in (4, 8) for st in (2, 3) for pf in ((0, 1) if loop else (0,))
         ]
 
     class _Tuned:
@@ -348,16 +342,18 @@ if HAVE_TRITON:
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
     def _state_fwd_kernel(
         K, V, MASK, W,
-        S_part, Z_part, M_part, VS_part,
+        S_part, Z_part, M_part, VS_part, ROW_V, ROW_Z,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N, chunk_len, num_chunks,
         half_norm_scale, TRIG,
-        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, ROW_W: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
         # One program per (feature block [FAVOR+ only], sequence chunk, batch·head) writes the partial
         # sums of its chunk. Feature block is the fastest grid axis, so the programs that read the same
-        # keys run together and share them through L2.
+        # keys run together and share them through L2. ROW_W (elu/cos only): Σ φ(k_j)ᵀ·ROW_V_j·v_j and
+        # Σ φ(k_j)·ROW_Z_j with per-row weights (bh, N) instead of plain sums: the read-out backward's
+        # dS = Σ φ(q_i)ᵀ·g_i/den_i and dz = Σ φ(q_i)·dden_i are this reduction with k = q, v = dO.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -409,10 +405,16 @@ if HAVE_TRITON:
                     ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
                 kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
                 v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
+                if ROW_W:
+                    wv = tl.load(ROW_V + bh * N + rows, mask=ok, other=0.0)
+                    wz = tl.load(ROW_Z + bh * N + rows, mask=ok, other=0.0)
+                    v = (v.to(tl.float32) * wv[:, None]).to(v.dtype)
                 xf = kt.to(tl.float32)
                 if FEAT == 1:
                     pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
                     acc += _dot(pt.to(v.dtype), v, IEEE)
+                    if ROW_W:
+                        pt = pt * wz[None, :]
                     zacc += tl.sum(pt, axis=1)
                 else:
                     r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
@@ -420,6 +422,9 @@ if HAVE_TRITON:
                     ps = r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]
                     acc += _dot(pc.to(v.dtype), v, IEEE)
                     acc2 += _dot(ps.to(v.dtype), v, IEEE)
+                    if ROW_W:
+                        pc = pc * wz[None, :]
+                        ps = ps * wz[None, :]
                     zacc += tl.sum(pc, axis=1)
                     zacc2 += tl.sum(ps, axis=1)
             fcols = tl.arange(0, D)
@@ -477,18 +482,18 @@ if HAVE_TRITON:
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
-    def _favor_state_bwd_kernel(
+    def _state_bwd_kernel(
         K, V, MASK, W, KMAX, DS, DZ, DVS, DK, DV,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N,
-        half_norm_scale,
-        HAS_MASK: tl.constexpr, D: tl.constexpr,
+        half_norm_scale, TRIG,
+        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr,
         M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # S = c/count·(Σ_j core_j v_jᵀ + eps·Σ_j v_j), z = c/count·(Σ_j core_j + eps·n) over real keys j.
-        # With dS' = c/count·dS (DS, in k's dtype), dz' = c/count·dz (DZ) and DVS = eps·Σ_f dS'_f (bh, D),
-        # all prepared once by the caller: dv_j = core_j·dS' + eps·Σ_f dS'_f, d core_j = dS'·v_j + dz'.
-        # One program per (token tile, batch·head), looping over feature blocks.
+        # S = c/count·(Σ_j core_j v_jᵀ + eps·Σ_j v_j), z = c/count·(Σ_j core_j + eps·n) over real keys j
+        # (elu/cos: c = 1, eps = 0, core = φ). With dS' = c/count·dS (DS, in k's dtype), dz' = c/count·dz
+        # (DZ) and DVS = eps·Σ_f dS'_f (bh, D), all prepared once by the caller:
+        # dv_j = core_j·dS' + eps·Σ_f dS'_f, d core_j = dS'·v_j + dz'.
         tile = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -504,35 +509,52 @@ if HAVE_TRITON:
         v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vn + cols[None, :],
                     mask=ok[:, None], other=0.0)
         kf = k.to(tl.float32)
-        dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-        dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-        dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        kmax = tl.load(KMAX + bh)
-        half_norm = tl.sum(kf * kf, axis=1) * half_norm_scale
-        for fb in range(M // BLOCK_M):
-            fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            ds_in = tl.load(DS + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
-            dz = tl.load(DZ + bh * M + fcols)
-            w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
-            lt = _dot(k, tl.trans(w), IEEE) - half_norm[:, None]
-            # Padded rows are zeroed keys whose logits may exceed the max: clamp, then zero them.
-            core = tl.where(ok[:, None], tl.exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
-            dv += _dot(core.to(v.dtype), ds_in, IEEE)
-            dl = (_dot(v, tl.trans(ds_in), IEEE) + dz[None, :]) * core
-            dx += _dot(dl.to(w.dtype), w, IEEE)
-            dl_rows += tl.sum(dl, axis=1)
-        # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
-        dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
-        dv = tl.where(ok[:, None], dv + tl.load(DVS + bh * D + cols)[None, :], 0.0)
+        if FEAT == 0:
+            dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            kmax = tl.load(KMAX + bh)
+            half_norm = tl.sum(kf * kf, axis=1) * half_norm_scale
+            for fb in range(M // BLOCK_M):
+                fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+                ds_in = tl.load(DS + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
+                dz = tl.load(DZ + bh * M + fcols)
+                w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
+                lt = _dot(k, tl.trans(w), IEEE) - half_norm[:, None]
+                # Padded rows are zeroed keys whose logits may exceed the max: clamp, then zero them.
+                core = tl.where(ok[:, None], tl.exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
+                dv += _dot(core.to(v.dtype), ds_in, IEEE)
+                dl = (_dot(v, tl.trans(ds_in), IEEE) + dz[None, :]) * core
+                dx += _dot(dl.to(w.dtype), w, IEEE)
+                dl_rows += tl.sum(dl, axis=1)
+            # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
+            dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
+            dv = tl.where(ok[:, None], dv + tl.load(DVS + bh * D + cols)[None, :], 0.0)
+        elif FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            r = tl.where(ok[:, None], tl.maximum(kf, 0.0), 0.0)
+            dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            for h in range(2):
+                sh, zh, wh = _cos_half(DS, DZ, bh, cols, h, TRIG, rows, inside, N, M, D)
+                dv += wh[:, None] * _dot(r, sh, IEEE)
+                dphi = _dot(v, tl.trans(sh), IEEE) + zh[None, :]
+                dx += tl.where(ok[:, None] & (kf > 0), wh[:, None] * dphi, 0.0)
+        else:  # every feature in one block: dv = φ·dS', dφ = v·dS'ᵀ + dz'
+            t = _state_rows(FEAT, D)
+            ds_in = tl.load(DS + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
+            dz = tl.load(DZ + bh * M + t)
+            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
+            dv = _dot(phi.to(v.dtype), ds_in, IEEE)
+            dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
+            dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
         out = bh * N * D + rows[:, None] * D + cols[None, :]
         tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
 
     @triton.jit
     def _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Start of the FAVOR+ per-tile kernels, one program per (token tile, batch·head): ``bh``, the
-        tile's rows, which of them are inside the sequence, the head_dim columns and q's tile (zeros
-        outside)."""
+        """Start of the per-tile kernels, one program per (token tile, batch·head): ``bh``, the tile's
+        rows, which of them are inside the sequence, the head_dim columns and q's tile (zeros outside)."""
         bh = tl.program_id(1)
         cols = tl.arange(0, D)
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -543,38 +565,57 @@ if HAVE_TRITON:
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
-    def _favor_readout_fwd_kernel(
+    def _readout_fwd_kernel(
         Q, W, S, Z, SCOL, ZSUM, OUT, DEN, MROW,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        eps, c,
-        D: tl.constexpr, M: tl.constexpr,
+        TRIG, eps, c,
+        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
-        # One program per (token tile, batch·head), looping over feature blocks. The query stabiliser
-        # is the row max over features, found online as flash attention does over keys. The −‖q'‖²/2
-        # term is constant per row, so it cancels against that max and is not computed (its gradient
-        # is added in the backward, as the reference has it).
+        # One program per (token tile, batch·head), looping over feature blocks. FAVOR+: the query
+        # stabiliser is the row max over features, found online as flash attention does over keys. The
+        # −‖q'‖²/2 term is constant per row, so it cancels against that max and is not computed (its
+        # gradient is added in the backward, as the reference has it). elu/cos: every feature in one block
+        # (BLOCK_M unused; fp32 cosFormer: one half at a time).
         bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
-        acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-        den = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
-        for fb in range(M // BLOCK_M):
-            fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), q's dtype
-            z = tl.load(Z + bh * M + fcols)
-            w = tl.load(W + fcols[:, None] * D + cols[None, :])
-            lg = _dot(q, tl.trans(w), IEEE)  # (BLOCK_N, BLOCK_M), log2 units
-            m_new = tl.maximum(m_row, tl.max(lg, axis=1))
-            alpha = tl.exp2(m_row - m_new)
-            p = tl.exp2(lg - m_new[:, None])
-            acc = acc * alpha[:, None] + _dot(p.to(q.dtype), s, IEEE)
-            den = den * alpha + tl.sum(p * z[None, :], axis=1)
-            m_row = m_new
-        acc = c * (acc + eps * tl.load(SCOL + bh * D + cols)[None, :])
-        den = c * (den + eps * tl.load(ZSUM + bh))
-        tl.store(MROW + bh * N + rows, m_row, mask=inside)  # for the backward (8 bytes a row)
-        tl.store(DEN + bh * N + rows, den, mask=inside)
+        if FEAT == 0:
+            acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            den = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            m_row = tl.full((BLOCK_N,), _NEG, dtype=tl.float32)
+            for fb in range(M // BLOCK_M):
+                fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+                s = tl.load(S + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), q's dtype
+                z = tl.load(Z + bh * M + fcols)
+                w = tl.load(W + fcols[:, None] * D + cols[None, :])
+                lg = _dot(q, tl.trans(w), IEEE)  # (BLOCK_N, BLOCK_M), log2 units
+                m_new = tl.maximum(m_row, tl.max(lg, axis=1))
+                alpha = tl.exp2(m_row - m_new)
+                p = tl.exp2(lg - m_new[:, None])
+                acc = acc * alpha[:, None] + _dot(p.to(q.dtype), s, IEEE)
+                den = den * alpha + tl.sum(p * z[None, :], axis=1)
+                m_row = m_new
+        elif FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            r = tl.maximum(q.to(tl.float32), 0.0)
+            acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            den = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for h in range(2):
+                sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
+                acc += wh[:, None] * _dot(r, sh, IEEE)
+                den += wh * tl.sum(r * zh[None, :], axis=1)
+        else:  # every feature in one block
+            t = _state_rows(FEAT, D)
+            s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
+            z = tl.load(Z + bh * M + t)
+            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D,
+                                    FEAT == 2)
+            acc = _dot(p.to(q.dtype), s, IEEE)
+            den = tl.sum(p * z[None, :], axis=1)
+        if FEAT == 0:
+            acc = c * (acc + eps * tl.load(SCOL + bh * D + cols)[None, :])
+            den = c * (den + eps * tl.load(ZSUM + bh))
+            tl.store(MROW + bh * N + rows, m_row, mask=inside)
+        tl.store(DEN + bh * N + rows, den, mask=inside)  # for the backward (4 bytes a row)
         out = acc / tl.maximum(den, _FLOOR)[:, None]
         tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
                  mask=inside[:, None])
@@ -669,6 +710,41 @@ if HAVE_TRITON:
         tl.store(DS_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(DZ_part + part * M + fcols, zacc)
 
+    @_Tuned
+    @triton.jit(do_not_specialize=_LENGTHS)
+    def _elu_cos_readout_bwd_dq_kernel(
+        Q, S, Z, G, OUT, DEN, DQ, ROW_V, ROW_Z,
+        stride_qb, stride_qh, stride_qn,
+        H, N,
+        TRIG,
+        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        # One program per (token tile, batch·head): dq = dφ·φ'(q) with dφ = dnum·Sᵀ + dden·z, from q, dO
+        # and the output and denominator saved by the forward (reading them back measured faster on the
+        # H100 than recomputing them: 1.6 vs 2.5 ms at 1M for elu+1). Also writes 1/den_i and dden_i per
+        # row, so that dS, dz are the state forward's reduction with per-row weights (ROW_W).
+        bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
+        io = bh * N * D + rows[:, None] * D + cols[None, :]
+        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
+        dnum_in = dnum.to(Q.dtype.element_ty)
+        xf = q.to(tl.float32)
+        if FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
+            dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            for h in range(2):
+                sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
+                dphi = _dot(dnum_in, tl.trans(sh), IEEE) + dden[:, None] * zh[None, :]
+                dx += tl.where(xf > 0, wh[:, None] * dphi, 0.0)
+        else:
+            t = _state_rows(FEAT, D)
+            s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
+            z = tl.load(Z + bh * M + t)
+            dphi = _dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]  # (BLOCK_N, M)
+            phi, wc, ws = _elu_cos_tile(xf, rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
+            dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT, BLOCK_N, D)
+        tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
+
+
     # elu+1 and cosFormer, per token: one program per (sequence chunk, batch·head) walks the chunk's
     # tiles with the state loaded once. Triton does not pipeline these loops' loads (they feed element-
     # wise work, not a product directly), so with PREFETCH (tuned) each iteration first issues the next
@@ -718,16 +794,15 @@ if HAVE_TRITON:
         FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        # out = φ(q)·S / clamp(φ(q)·z) for one chunk of queries; every feature in one block (fp32
-        # cosFormer: one half at a time). Writes the denominator for the backward (4 bytes a row).
+        # out = φ(q)·S / clamp(φ(q)·z) for one chunk of queries, every feature in one block (bf16/fp16:
+        # fp32 takes the per-tile _readout_fwd_kernel). Writes the denominator (4 bytes a row).
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
         q_base = Q + (bh // H) * stride_qb + (bh % H) * stride_qh
         cols = tl.arange(0, D)
-        if not (FEAT == 2 and IEEE):
-            t = _state_rows(FEAT, D)
-            s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D), q's dtype
-            z = tl.load(Z + bh * M + t)
+        t = _state_rows(FEAT, D)
+        s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D), q's dtype
+        z = tl.load(Z + bh * M + t)
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         if PREFETCH:
@@ -740,18 +815,9 @@ if HAVE_TRITON:
                 q_next = _q_tile_load(q_base, row0 + BLOCK_N, stop, stride_qn, cols, BLOCK_N)
             else:
                 q = _q_tile_load(q_base, row0, stop, stride_qn, cols, BLOCK_N)
-            if FEAT == 2 and IEEE:
-                r = tl.maximum(q.to(tl.float32), 0.0)
-                acc = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-                den = tl.zeros((BLOCK_N,), dtype=tl.float32)
-                for h in range(2):
-                    sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
-                    acc += wh[:, None] * _dot(r, sh, IEEE)
-                    den += wh * tl.sum(r * zh[None, :], axis=1)
-            else:
-                p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D, FEAT == 2)
-                acc = _dot(p.to(q.dtype), s, IEEE)
-                den = tl.sum(p * z[None, :], axis=1)
+            p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D, FEAT == 2)
+            acc = _dot(p.to(q.dtype), s, IEEE)
+            den = tl.sum(p * z[None, :], axis=1)
             tl.store(DEN + bh * N + rows, den, mask=inside)
             out = acc / tl.maximum(den, _FLOOR)[:, None]
             tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
@@ -759,35 +825,26 @@ if HAVE_TRITON:
 
     @_TunedLoop
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
-    def _elu_cos_readout_bwd_kernel(
+    def _elu_readout_bwd_kernel(
         Q, S, Z, G, OUT, DEN, DQ, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
         H, N, chunk_len, num_chunks,
-        TRIG,
-        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
+        D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        # The whole read-out backward in one pass over a chunk of queries, so q and dO are read once:
-        # per tile, with dnum = dO/den and dden = −dO·out/den from the saved output and denominator,
-        #   dq = dφ·φ'(q), dφ = dnum·Sᵀ + dden·z,
-        # and the chunk's partial dS = Σ φ(q_i)ᵀ·dnum_i, dz = Σ φ(q_i)·dden_i (summed by the combine
-        # kernel). Rows past the chunk load dO = 0, so they add nothing and store no dq. (H100, 1M
-        # tokens, elu: 1.79 ms, against 2.34 for a dq kernel followed by a separate dS reduction.)
+        # elu+1 (bf16/fp16): the whole read-out backward in one pass over a chunk of queries, so q and dO
+        # are read once. Per tile, with dnum = dO/den and dden = −dO·out/den from the saved output and
+        # denominator: dq = dφ·φ'(q), dφ = dnum·Sᵀ + dden·z, and the chunk's partial dS = Σ φ(q_i)ᵀ·dnum_i,
+        # dz = Σ φ(q_i)·dden_i (summed by the combine kernel). Rows past the chunk load dO = 0: they add
+        # nothing and store no dq. H100, 1M tokens: 1.65 ms against 2.34 for the dq kernel and the
+        # weighted reduction; for cosFormer the same pass measured 3.2 ms against 2.5, so it keeps those.
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
         q_base = Q + (bh // H) * stride_qb + (bh % H) * stride_qh
         cols = tl.arange(0, D)
-        if FEAT == 2 and IEEE:  # fp32 cosFormer: one half at a time, so two accumulators
-            acc = tl.zeros((D, D), dtype=tl.float32)
-            acc2 = tl.zeros((D, D), dtype=tl.float32)
-            zacc = tl.zeros((D,), dtype=tl.float32)
-            zacc2 = tl.zeros((D,), dtype=tl.float32)
-        else:
-            t = _state_rows(FEAT, D)
-            s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D), q's dtype
-            z = tl.load(Z + bh * M + t)
-            acc = tl.zeros((M, D), dtype=tl.float32)
-            zacc = tl.zeros((M,), dtype=tl.float32)
+        s = tl.load(S + bh * D * D + cols[:, None] * D + cols[None, :])  # (D, D), q's dtype
+        z = tl.load(Z + bh * D + cols)
+        acc = tl.zeros((D, D), dtype=tl.float32)
+        zacc = tl.zeros((D,), dtype=tl.float32)
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         if PREFETCH:
@@ -807,38 +864,16 @@ if HAVE_TRITON:
             dden = tl.where(den < _FLOOR, 0.0, -tl.sum(gf * o.to(tl.float32), axis=1) * rden)
             dnum = (gf * rden[:, None]).to(q.dtype)
             xf = q.to(tl.float32)
-            if FEAT == 2 and IEEE:
-                r = tl.maximum(xf, 0.0)
-                dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-                for h in tl.static_range(2):
-                    sh, zh, wh = _cos_half(S, Z, bh, cols, h, TRIG, rows, inside, N, M, D)
-                    dphi = _dot(dnum, tl.trans(sh), IEEE) + dden[:, None] * zh[None, :]
-                    dx += tl.where(xf > 0, wh[:, None] * dphi, 0.0)
-                    ph = r * wh[:, None]
-                    if h == 0:
-                        acc += _dot(tl.trans(ph), dnum, IEEE)
-                        zacc += tl.sum(ph * dden[:, None], axis=0)
-                    else:
-                        acc2 += _dot(tl.trans(ph), dnum, IEEE)
-                        zacc2 += tl.sum(ph * dden[:, None], axis=0)
-            else:
-                phi, wc, ws = _elu_cos_tile(xf, rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
-                dphi = _dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]  # (BLOCK_N, M)
-                dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT, BLOCK_N, D)
-                acc += _dot(tl.trans(phi.to(q.dtype)), dnum, IEEE)
-                zacc += tl.sum(phi * dden[:, None], axis=0)
+            phi, wc, ws = _elu_cos_tile(xf, rows, inside, q_base, N, 1, BLOCK_N, D, False)
+            dphi = _dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]
+            dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, 1, BLOCK_N, D)
             tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
                      mask=inside[:, None])
+            acc += _dot(tl.trans(phi.to(q.dtype)), dnum, IEEE)
+            zacc += tl.sum(phi * dden[:, None], axis=0)
         part = bh * num_chunks + chunk
-        if FEAT == 2 and IEEE:
-            f = tl.arange(0, D)
-            tl.store(DS_part + part * M * D + f[:, None] * D + cols[None, :], acc)
-            tl.store(DS_part + part * M * D + (D + f[:, None]) * D + cols[None, :], acc2)
-            tl.store(DZ_part + part * M + f, zacc)
-            tl.store(DZ_part + part * M + D + f, zacc2)
-        else:
-            tl.store(DS_part + part * M * D + t[:, None] * D + cols[None, :], acc)
-            tl.store(DZ_part + part * M + t, zacc)
+        tl.store(DS_part + part * D * D + cols[:, None] * D + cols[None, :], acc)
+        tl.store(DZ_part + part * D + cols, zacc)
 
     @_TunedLoop
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len"])
@@ -850,9 +885,10 @@ if HAVE_TRITON:
         FEAT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
         BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        # Key side for one chunk of keys: S = Σ_j φ_j v_jᵀ / count, z = Σ_j φ_j / count over real keys j.
-        # With dS' = dS/count (DS, in k's dtype) and dz' = dz/count (DZ), prepared by the caller:
-        # dv_j = φ_j·dS', dφ_j = dS'·v_j + dz' (zero for padding keys).
+        # Key side for one chunk of keys (bf16/fp16; fp32 takes the per-tile _state_bwd_kernel):
+        # S = Σ_j φ_j v_jᵀ / count, z = Σ_j φ_j / count over real keys j. With dS' = dS/count (DS, in k's
+        # dtype) and dz' = dz/count (DZ), prepared by the caller: dv_j = φ_j·dS', dφ_j = dS'·v_j + dz'
+        # (zero for padding keys).
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -861,10 +897,9 @@ if HAVE_TRITON:
         v_base = V + b * stride_vb + h * stride_vh
         mask_base = MASK + b * stride_mb
         cols = tl.arange(0, D)
-        if not (FEAT == 2 and IEEE):
-            t = _state_rows(FEAT, D)
-            ds_in = tl.load(DS + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
-            dz = tl.load(DZ + bh * M + t)
+        t = _state_rows(FEAT, D)
+        ds_in = tl.load(DS + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
+        dz = tl.load(DZ + bh * M + t)
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         if PREFETCH:
@@ -881,20 +916,10 @@ if HAVE_TRITON:
                 k, v, ok = _kv_tile_loads(k_base, v_base, mask_base, row0, stop, stride_kn, stride_vn, cols,
                                           HAS_MASK, BLOCK_N)
             kf = k.to(tl.float32)
-            if FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
-                r = tl.where(ok[:, None], tl.maximum(kf, 0.0), 0.0)
-                dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-                dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-                for hf in range(2):
-                    sh, zh, wh = _cos_half(DS, DZ, bh, cols, hf, TRIG, rows, inside, N, M, D)
-                    dv += wh[:, None] * _dot(r, sh, IEEE)
-                    dphi = _dot(v, tl.trans(sh), IEEE) + zh[None, :]
-                    dx += tl.where(ok[:, None] & (kf > 0), wh[:, None] * dphi, 0.0)
-            else:
-                phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
-                dv = _dot(phi.to(v.dtype), ds_in, IEEE)
-                dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
-                dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
+            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
+            dv = _dot(phi.to(v.dtype), ds_in, IEEE)
+            dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
+            dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
             out = bh * N * D + rows[:, None] * D + cols[None, :]
             tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
             tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
@@ -1051,10 +1076,11 @@ class _StateFn(torch.autograd.Function):
         vs_part = torch.empty(bh, chunks, d, device=dev, dtype=torch.float32) if favor else None
         _state_fwd_kernel[(nfb, chunks, bh)](
             k, v, mask if mask is not None else k, plan.w if favor else k,
-            s_part, z_part, m_part if favor else s_part, vs_part if favor else s_part,
+            s_part, z_part, m_part if favor else s_part, vs_part if favor else s_part, s_part, s_part,
             *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
             heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E, _trig_table(plan, n, offset, k),
-            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+            FEAT=plan.feat, HAS_MASK=mask is not None, ROW_W=False, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
+            IEEE=plan.ieee,
         )
         count_t, count_s = _per_batch(count, batch, dev)
         if favor:
@@ -1093,7 +1119,7 @@ class _StateFn(torch.autograd.Function):
                 return torch.zeros(bh, *shape, device=k.device, dtype=torch.float32)
             return g.reshape(bh, *shape).to(torch.float32)
 
-        # dS' = c/count·dS (in k's dtype: the kernel's product operand), dz' = c/count·dz and (FAVOR+)
+        # dS' = c/count·dS (in k's dtype: the kernel's product operand), dz' = c/count·dz and
         # eps·Σ_f dS'_f, prepared once here rather than in each of the kernel's programs.
         if count_t is None:
             scale = torch.full((bh, 1), plan.c / ctx.count_s, device=k.device, dtype=torch.float32)
@@ -1101,22 +1127,25 @@ class _StateFn(torch.autograd.Function):
             scale = (plan.c / count_t).repeat_interleave(heads)[:, None]
         ds = flat(ds, plan.m, d) * scale[:, :, None]
         dz = flat(dz, plan.m) * scale
+        dvs = plan.eps * ds.sum(dim=1)
         dk = torch.empty(batch, heads, n, d, device=k.device, dtype=k.dtype)
         dv = torch.empty(batch, heads, n, d, device=v.device, dtype=v.dtype)
-        mask_arg, mask_stride = (mask, mask.stride(0)) if mask is not None else (k, 0)
-        if plan.feat == 0:
-            _favor_state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-                k, v, mask_arg, plan.w, key_max, ds.to(k.dtype), dz, plan.eps * ds.sum(dim=1), dk, dv,
-                *_strides(k), *_strides(v), mask_stride, heads, n, plan.half_norm_scale * LOG2E,
-                HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-            )
-        else:
+        if plan.feat != 0 and not plan.ieee:  # elu/cos in bf16/fp16: programs walk chunks of keys
             chunk_len, chunks = _num_chunks(n, bh, k.device, ctx.chunk_tokens)
             _elu_cos_state_bwd_kernel[(chunks, bh)](
-                k, v, mask_arg, ds.to(k.dtype), dz, dk, dv,
-                *_strides(k), *_strides(v), mask_stride, heads, n, chunk_len, _trig_table(plan, n, ctx.offset, k),
+                k, v, mask if mask is not None else k, ds.to(k.dtype), dz, dk, dv,
+                *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
+                heads, n, chunk_len, _trig_table(plan, n, ctx.offset, k),
                 FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, IEEE=plan.ieee,
             )
+            return dk, dv, None, None, None, None, None
+        _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+            k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
+            ds.to(k.dtype), dz, dvs, dk, dv,
+            *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
+            heads, n, plan.half_norm_scale * LOG2E, _trig_table(plan, n, ctx.offset, k),
+            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+        )
         return dk, dv, None, None, None, None, None
 
 
@@ -1140,16 +1169,17 @@ class _ReadoutFn(torch.autograd.Function):
             m_row = torch.empty(bh, n, device=q.device, dtype=torch.float32)
         else:
             scol = zsum = m_row = s
-        if favor:
-            _favor_readout_fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-                q, plan.w, s_in, z, scol, zsum, out, den, m_row, *_strides(q), heads, n, plan.eps, plan.c,
-                D=d, M=plan.m, BLOCK_M=plan.block_m_fwd, IEEE=plan.ieee,
-            )
-        else:
+        if not favor and not plan.ieee:  # elu/cos in bf16/fp16: programs walk chunks of queries
             chunk_len, chunks = _num_chunks(n, bh, q.device, chunk_tokens)
             _elu_cos_readout_fwd_kernel[(chunks, bh)](
                 q, s_in, z, out, den, *_strides(q), heads, n, chunk_len, _trig_table(plan, n, offset, q),
                 FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
+            )
+        else:
+            _readout_fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+                q, plan.w if favor else q, s_in, z, scol, zsum, out, den, m_row,
+                *_strides(q), heads, n, _trig_table(plan, n, offset, q), plan.eps, plan.c,
+                FEAT=plan.feat, D=d, M=plan.m, BLOCK_M=plan.block_m_fwd, IEEE=plan.ieee,
             )
         # The backward reads the output and the denominator back (4 bytes a row; the output is
         # usually alive anyway, as the input of the next layer's projection) rather than rebuild them.
@@ -1167,31 +1197,51 @@ class _ReadoutFn(torch.autograd.Function):
         bh = batch * heads
         g = g.contiguous()
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        favor = plan.feat == 0
-        nfb = plan.m // plan.block_m_outer if favor else 1
-        chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
-        ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
-        dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-        if favor:
+        # Per query row: 1/den and d den, written by the dq kernel for the dS/dz reduction.
+        row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
+        if plan.feat == 0:
             m_row = m_row[0]
-            # Per query row: 1/den and d den, written by the dq kernel for the dS/dz reduction.
-            row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-            row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-            _favor_readout_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+            _favor_readout_bwd_dq_kernel[grid](
                 q, plan.w, s, z, g, out, den, m_row, dq, row_v, row_z,
                 *_strides(q), heads, n, plan.half_norm_scale, plan.c,
                 D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
             )
+            nfb = plan.m // plan.block_m_outer
+            chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
             _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
                 q, plan.w, g, m_row, row_v, row_z, ds_part, dz_part,
                 *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
                 D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
             )
-        else:
-            _elu_cos_readout_bwd_kernel[(chunks, bh)](
+        elif plan.feat == 1 and not plan.ieee:
+            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+            _elu_readout_bwd_kernel[(chunks, bh)](
                 q, s, z, g, out, den, dq, ds_part, dz_part,
-                *_strides(q), heads, n, chunk_len, chunks, _trig_table(plan, n, ctx.offset, q),
+                *_strides(q), heads, n, chunk_len, chunks, D=d, IEEE=plan.ieee,
+            )
+        else:
+            trig = _trig_table(plan, n, ctx.offset, q)
+            _elu_cos_readout_bwd_dq_kernel[grid](
+                q, s, z, g, out, den, dq, row_v, row_z,
+                *_strides(q), heads, n, trig,
                 FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
+            )
+            # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
+            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+            _state_fwd_kernel[(1, chunks, bh)](
+                q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
+                *_strides(q), *_strides(g), 0,
+                heads, n, chunk_len, chunks, 0.0, trig,
+                FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
+                IEEE=plan.ieee,
             )
         ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
         return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
