@@ -21,12 +21,15 @@ small combine kernel sums the partials (a few MiB) and applies the count, the FA
 the stabiliser rescale, so that a single 1M-token sequence still fills every SM. The FAVOR+ state
 forward is flash attention's forward with the roles turned (the W rows of a feature block are the
 "queries", loaded once; keys and values stream past). The read-out and the key-side backward are
-independent per token: one program per (token tile, batch·head), looping over feature blocks. The
-read-out backward is a per-tile ``dq`` kernel, which also writes ``1/den`` and ``d den`` per query row
-(8 bytes), then the sequence reduction ``dS = Σ φ(q_i)ᵀ·dO_i/den_i``, ``dz = Σ φ(q_i)·d den_i``: for
-elu/cos that is the state forward's kernel with per-row weights. Tile length, warps and pipeline
-depth are chosen per (length, sizes, feature map) by timing each candidate once (``_Tuned``);
-``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
+independent per token. FAVOR+ (and every fp32 path): one program per (token tile, batch·head),
+looping over feature blocks. elu/cos in bf16/fp16: one program per (sequence chunk, batch·head)
+walks the chunk's tiles with the state loaded once, prefetching the next tile into registers
+(Triton does not pipeline these loads). The read-out backward is a per-tile ``dq`` kernel, which also
+writes ``1/den`` and ``d den`` per query row (8 bytes), then the sequence reduction
+``dS = Σ φ(q_i)ᵀ·dO_i/den_i``, ``dz = Σ φ(q_i)·d den_i`` (for cosFormer the state forward's kernel
+with per-row weights); for elu+1 in bf16/fp16 it is one pass that does both from one read of q and
+dO. Tile length, warps, pipeline depth and prefetching are chosen per (length, sizes, feature map)
+by timing each candidate (``_Tuned``); ``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
 
 Numerics (DESIGN.md): accumulation in fp32 (``tl.dot`` with fp32 accumulators; feature tiles are
 rounded to the input dtype only as the operand of a tensor-core product, as flash attention does with
