@@ -40,6 +40,17 @@ def tiny_bgzip(tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(autouse=True)
+def _forget_hydra_config():
+    """``compose`` sets Hydra's process-wide HydraConfig; clear it after each test, or code that asks
+    "am I inside a Hydra run, with which choices?" (e.g. the series data module's check against the
+    DNA model) sees a previous test's run, depending on which tests shared the worker."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+
+
 def compose(overrides: list[str], output_dir: Path | None = None):
     """Compose the real `conf/train.yaml` with overrides, as `python train.py` would (no run folder)."""
     from hydra import compose as hydra_compose
