@@ -837,32 +837,26 @@ if HAVE_TRITON:
 
     @_TunedLoop
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
-    def _elu_cos_readout_bwd_kernel(
-        Q, S, Z, G, OUT, DEN, DQ, DS_part, DZ_part, ROW_V, ROW_Z,
+    def _elu_readout_bwd_kernel(
+        Q, S, Z, G, OUT, DEN, DQ, DS_part, DZ_part,
         stride_qb, stride_qh, stride_qn,
         H, N, chunk_len, num_chunks,
-        TRIG,
-        FEAT: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
+        D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        # Read-out backward over one chunk of queries (bf16/fp16). Per tile, with dnum = dO/den and
-        # dden = −dO·out/den from the saved output and denominator: dq = dφ·φ'(q), dφ = dnum·Sᵀ + dden·z.
-        # elu+1 (FEAT 1) also sums the chunk's partial dS = Σ φ(q_i)ᵀ·dnum_i, dz = Σ φ(q_i)·dden_i (then
-        # the combine kernel), so q and dO are read once: H100, 1M tokens, 1.65–1.99 ms against 2.34 for
-        # two passes. cosFormer (FEAT 2) writes 1/den_i and dden_i per row instead, and dS, dz are the
-        # state forward's reduction with those weights (ROW_W): its one pass measured 3.2 ms (the
-        # interleaved features transposed) and 2.85 ms (rebuilt from a transposed load) against 2.54.
-        # Rows past the chunk load dO = 0: they add nothing and store nothing.
+        # elu+1 (bf16/fp16): the whole read-out backward in one pass over a chunk of queries, so q and dO
+        # are read once. Per tile, with dnum = dO/den and dden = −dO·out/den from the saved output and
+        # denominator: dq = dφ·φ'(q), dφ = dnum·Sᵀ + dden·z, and the chunk's partial dS = Σ φ(q_i)ᵀ·dnum_i,
+        # dz = Σ φ(q_i)·dden_i (summed by the combine kernel). Rows past the chunk load dO = 0: they add
+        # nothing and store no dq. H100, 1M tokens: 1.65 ms against 2.34 for the dq kernel and the
+        # weighted reduction; for cosFormer the same pass measured 3.2 ms against 2.5, so it keeps those.
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
         q_base = Q + (bh // H) * stride_qb + (bh % H) * stride_qh
         cols = tl.arange(0, D)
-        t = _state_rows(FEAT, D)
-        s = tl.load(S + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D), q's dtype
-        z = tl.load(Z + bh * M + t)
-        if FEAT == 1:
-            acc = tl.zeros((M, D), dtype=tl.float32)
-            zacc = tl.zeros((M,), dtype=tl.float32)
+        s = tl.load(S + bh * D * D + cols[:, None] * D + cols[None, :])  # (D, D), q's dtype
+        z = tl.load(Z + bh * D + cols)
+        acc = tl.zeros((D, D), dtype=tl.float32)
+        zacc = tl.zeros((D,), dtype=tl.float32)
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         if PREFETCH:
@@ -882,21 +876,16 @@ if HAVE_TRITON:
             dden = tl.where(den < _FLOOR, 0.0, -tl.sum(gf * o.to(tl.float32), axis=1) * rden)
             dnum = (gf * rden[:, None]).to(q.dtype)
             xf = q.to(tl.float32)
-            phi, wc, ws = _elu_cos_tile(xf, rows, inside, TRIG, N, FEAT, BLOCK_N, D, False)
-            dphi = _dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]  # (BLOCK_N, M)
-            dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, FEAT, BLOCK_N, D)
+            phi, wc, ws = _elu_cos_tile(xf, rows, inside, q_base, N, 1, BLOCK_N, D, False)
+            dphi = _dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]
+            dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, 1, BLOCK_N, D)
             tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
                      mask=inside[:, None])
-            if FEAT == 1:
-                acc += _dot(tl.trans(phi.to(q.dtype)), dnum, IEEE)
-                zacc += tl.sum(phi * dden[:, None], axis=0)
-            else:
-                tl.store(ROW_V + bh * N + rows, rden, mask=inside)
-                tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
-        if FEAT == 1:
-            part = bh * num_chunks + chunk
-            tl.store(DS_part + part * M * D + t[:, None] * D + cols[None, :], acc)
-            tl.store(DZ_part + part * M + t, zacc)
+            acc += _dot(tl.trans(phi.to(q.dtype)), dnum, IEEE)
+            zacc += tl.sum(phi * dden[:, None], axis=0)
+        part = bh * num_chunks + chunk
+        tl.store(DS_part + part * D * D + cols[:, None] * D + cols[None, :], acc)
+        tl.store(DZ_part + part * D + cols, zacc)
 
     @_TunedLoop
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len"])
@@ -1240,31 +1229,32 @@ class _ReadoutFn(torch.autograd.Function):
                 *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
                 D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
             )
-        else:
-            trig = _trig_table(plan, n, ctx.offset, q)
+        elif plan.feat == 1 and not plan.ieee:
             chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
             ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
             dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-            if plan.ieee:
-                _elu_cos_readout_bwd_dq_kernel[grid](
-                    q, s, z, g, out, den, dq, row_v, row_z,
-                    *_strides(q), heads, n, trig,
-                    FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
-                )
-            else:  # bf16/fp16: programs walk chunks of queries; elu+1 sums its dS/dz partials there too
-                _elu_cos_readout_bwd_kernel[(chunks, bh)](
-                    q, s, z, g, out, den, dq, ds_part, dz_part, row_v, row_z,
-                    *_strides(q), heads, n, chunk_len, chunks, trig, FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
-                )
-            if plan.ieee or plan.feat == 2:
-                # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
-                _state_fwd_kernel[(1, chunks, bh)](
-                    q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
-                    *_strides(q), *_strides(g), 0,
-                    heads, n, chunk_len, chunks, 0.0, trig,
-                    FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
-                    IEEE=plan.ieee,
-                )
+            _elu_readout_bwd_kernel[(chunks, bh)](
+                q, s, z, g, out, den, dq, ds_part, dz_part,
+                *_strides(q), heads, n, chunk_len, chunks, D=d, IEEE=plan.ieee,
+            )
+        else:
+            trig = _trig_table(plan, n, ctx.offset, q)
+            _elu_cos_readout_bwd_dq_kernel[grid](
+                q, s, z, g, out, den, dq, row_v, row_z,
+                *_strides(q), heads, n, trig,
+                FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
+            )
+            # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
+            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
+            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+            _state_fwd_kernel[(1, chunks, bh)](
+                q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
+                *_strides(q), *_strides(g), 0,
+                heads, n, chunk_len, chunks, 0.0, trig,
+                FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
+                IEEE=plan.ieee,
+            )
         ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
         return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
 
