@@ -1209,52 +1209,47 @@ class _ReadoutFn(torch.autograd.Function):
         bh = batch * heads
         g = g.contiguous()
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        # Per query row: 1/den and d den, written by the dq kernel for the dS/dz reduction.
-        row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-        row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
-        if plan.feat == 0:
-            m_row = m_row[0]
-            _favor_readout_bwd_dq_kernel[grid](
-                q, plan.w, s, z, g, out, den, m_row, dq, row_v, row_z,
-                *_strides(q), heads, n, plan.half_norm_scale, plan.c,
-                D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-            )
-            nfb = plan.m // plan.block_m_outer
-            chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
-            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
-            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-            _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
-                q, plan.w, g, m_row, row_v, row_z, ds_part, dz_part,
-                *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
-                D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
-            )
-        elif plan.feat == 1 and not plan.ieee:
-            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
-            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
-            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+        favor = plan.feat == 0
+        nfb = plan.m // plan.block_m_outer if favor else 1
+        chunk_len, chunks = _num_chunks(n, bh * nfb, q.device, ctx.chunk_tokens)
+        ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
+        dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
+        if plan.feat == 1 and not plan.ieee:  # one pass: dq and the chunks' dS/dz partials
             _elu_readout_bwd_kernel[(chunks, bh)](
                 q, s, z, g, out, den, dq, ds_part, dz_part,
                 *_strides(q), heads, n, chunk_len, chunks, D=d, IEEE=plan.ieee,
             )
-        else:
-            trig = _trig_table(plan, n, ctx.offset, q)
-            _elu_cos_readout_bwd_dq_kernel[grid](
-                q, s, z, g, out, den, dq, row_v, row_z,
-                *_strides(q), heads, n, trig,
-                FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
-            )
-            # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
-            chunk_len, chunks = _num_chunks(n, bh, q.device, ctx.chunk_tokens)
-            ds_part = torch.empty(bh, chunks, plan.m, d, device=q.device, dtype=torch.float32)
-            dz_part = torch.empty(bh, chunks, plan.m, device=q.device, dtype=torch.float32)
-            _state_fwd_kernel[(1, chunks, bh)](
-                q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
-                *_strides(q), *_strides(g), 0,
-                heads, n, chunk_len, chunks, 0.0, trig,
-                FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
-                IEEE=plan.ieee,
-            )
+        else:  # a per-tile dq kernel, then the dS/dz reduction over the sequence
+            # Per query row: 1/den and d den, written by the dq kernel for the reduction.
+            row_v = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+            row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
+            if favor:
+                _favor_readout_bwd_dq_kernel[grid](
+                    q, plan.w, s, z, g, out, den, m_row[0], dq, row_v, row_z,
+                    *_strides(q), heads, n, plan.half_norm_scale, plan.c,
+                    D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+                )
+                _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
+                    q, plan.w, g, m_row[0], row_v, row_z, ds_part, dz_part,
+                    *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
+                    D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+                )
+            else:
+                trig = _trig_table(plan, n, ctx.offset, q)
+                _elu_cos_readout_bwd_dq_kernel[grid](
+                    q, s, z, g, out, den, dq, row_v, row_z,
+                    *_strides(q), heads, n, trig,
+                    FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
+                )
+                # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
+                _state_fwd_kernel[(1, chunks, bh)](
+                    q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
+                    *_strides(q), *_strides(g), 0,
+                    heads, n, chunk_len, chunks, 0.0, trig,
+                    FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
+                    IEEE=plan.ieee,
+                )
         ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
         return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
 
