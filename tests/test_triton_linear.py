@@ -10,7 +10,7 @@ bf16 tensors on CPU (values off by orders of magnitude). The kernels' bf16 branc
 there, on fp32 inputs (cases ``*_tc``); bf16 itself is checked on a GPU (marker ``gpu``), where the
 same comparisons run compiled, in fp32 and bf16, at longer lengths.
 ``LONGSEQ_TRITON_TUNE=0`` (set before the run) skips the autotuner there: otherwise every new length
-times eight candidate configurations of each kernel.
+times 8 (16 for the elu/cos loop kernels) candidate configurations of each kernel, twice.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ CASES = [
     ("favor_pos_mask", "performer", {"num_features": 48, "eps": 1e-3}, 2, 2, 150, 16, True),
     ("favor_hyp_mask", "performer", {"num_features": 80, "kernel": "softmax_hyp"}, 2, 1, 77, 32, True),
 ]
+# The elu/cos cases: their bf16/fp16 paths are the loop kernels, run with and without prefetch.
+LOOP_CASES = [c for c in CASES if c[1] in ("linear_elu", "cosformer")]
 CHUNK = 64  # tokens per chunk of the sequence reductions in the interpreter: several chunks per case
 
 
@@ -149,14 +151,14 @@ def tensor_core_path_errors() -> dict:
     triton_linear._plan = lambda spec, x: dataclasses.replace(plan(spec, x), ieee=False)
     try:
         errors = {f"{case[0]}_tc": relative_errors(case, "cpu", torch.float32, 2, CHUNK) for case in CASES}
-        # The interpreter's configuration prefetches; once more without (the loop kernels are elu/cos).
+        # The interpreter's configuration prefetches; once more without.
         triton_linear._configs = lambda loop: [
             triton.Config({"BLOCK_N": 32, "PREFETCH": 0} if loop else {"BLOCK_N": 64}, num_warps=4, num_stages=1)
         ]
         for kernel in vars(triton_linear).values():  # forget the configurations chosen above
             if isinstance(kernel, triton_linear._Tuned):
                 kernel.best.clear()
-        for case in CASES[:4]:
+        for case in LOOP_CASES:
             errors[f"{case[0]}_tc0"] = relative_errors(case, "cpu", torch.float32, 3, CHUNK)
         return errors
     finally:
@@ -181,7 +183,7 @@ def interpreted() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [c[0] + p for p in ("", "_tc") for c in CASES] + [c[0] + "_tc0" for c in CASES[:4]])
+@pytest.mark.parametrize("name", [c[0] + p for p in ("", "_tc") for c in CASES] + [c[0] + "_tc0" for c in LOOP_CASES])
 def test_interpreter_matches_torch(interpreted, name):
     # fp32 kernels against the fp64 reference, through the fp32 (IEEE) branches and the tensor-core
     # ones ("_tc", "_tc0" without prefetch): only summation order differs.

@@ -762,7 +762,7 @@ if HAVE_TRITON:
     # wise work, not a product directly), so with PREFETCH (tuned) each iteration first issues the next
     # tile's loads and then works on the current one, as a two-stage pipeline in registers. Measured
     # on the H100 at 1M tokens (bf16) against one program per tile: read-out forward elu 0.85 -> 0.78 ms,
-    # cos 0.97 -> 0.82; key-side backward cos 1.85 -> 1.58; and the one-pass read-out backward below.
+    # cos 0.97 -> 0.81; key-side backward cos 1.84 -> 1.57; and the one-pass read-out backward below.
 
     @triton.jit
     def _q_tile_load(q_base, row0, stop, stride_qn, cols, BLOCK_N: tl.constexpr):
@@ -790,7 +790,7 @@ if HAVE_TRITON:
         rows = row0 + tl.arange(0, BLOCK_N)
         inside = rows < stop
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
+        q = _q_tile_load(q_base, row0, stop, stride_qn, cols, BLOCK_N)
         g = tl.load(G + io, mask=inside[:, None], other=0.0)
         o = tl.load(OUT + io, mask=inside[:, None], other=0.0)
         den = tl.load(DEN + bh * N + rows, mask=inside, other=1.0)
@@ -876,7 +876,7 @@ if HAVE_TRITON:
             dden = tl.where(den < _FLOOR, 0.0, -tl.sum(gf * o.to(tl.float32), axis=1) * rden)
             dnum = (gf * rden[:, None]).to(q.dtype)
             xf = q.to(tl.float32)
-            phi, wc, ws = _elu_cos_tile(xf, rows, inside, q_base, N, 1, BLOCK_N, D, False)
+            phi, wc, ws = _elu_cos_tile(xf, rows, inside, q_base, N, 1, BLOCK_N, D, False)  # TRIG unread (elu)
             dphi = _dot(dnum, tl.trans(s), IEEE) + dden[:, None] * z[None, :]
             dx = _elu_cos_input_grad(dphi, xf, phi, wc, ws, 1, BLOCK_N, D)
             tl.store(DQ + bh * N * D + rows[:, None] * D + cols[None, :], dx.to(DQ.dtype.element_ty),
@@ -1139,7 +1139,6 @@ class _StateFn(torch.autograd.Function):
             scale = (plan.c / count_t).repeat_interleave(heads)[:, None]
         ds = flat(ds, plan.m, d) * scale[:, :, None]
         dz = flat(dz, plan.m) * scale
-        dvs = plan.eps * ds.sum(dim=1)
         dk = torch.empty(batch, heads, n, d, device=k.device, dtype=k.dtype)
         dv = torch.empty(batch, heads, n, d, device=v.device, dtype=v.dtype)
         if plan.feat != 0 and not plan.ieee:  # elu/cos in bf16/fp16: programs walk chunks of keys
@@ -1150,14 +1149,15 @@ class _StateFn(torch.autograd.Function):
                 heads, n, chunk_len, _trig_table(plan, n, ctx.offset, k),
                 FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, IEEE=plan.ieee,
             )
-            return dk, dv, None, None, None, None, None
-        _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
-            k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
-            ds.to(k.dtype), dz, dvs, dk, dv,
-            *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, plan.half_norm_scale * LOG2E, _trig_table(plan, n, ctx.offset, k),
-            FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
-        )
+        else:
+            dvs = plan.eps * ds.sum(dim=1) if plan.feat == 0 else dz  # FAVOR+'s eps part; unread otherwise
+            _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
+                k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
+                ds.to(k.dtype), dz, dvs, dk, dv,
+                *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
+                heads, n, plan.half_norm_scale * LOG2E, _trig_table(plan, n, ctx.offset, k),
+                FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
+            )
         return dk, dv, None, None, None, None, None
 
 
