@@ -12,6 +12,14 @@ and cosFormer on random bf16 inputs ``(batch, heads, seq, head_dim)`` with ``tri
 Besides ``do_bench``'s GPU-side medians it prints ``events``, the whole forward + backward timed with
 CUDA events from the host's side as ``scripts/bench_attention.py`` does (includes any time the GPU waits
 for the host), and ``host``, the CPU time to issue one forward + backward without synchronising.
+
+``--profiler-range`` then runs one more forward + backward per feature map between
+``cudaProfilerStart``/``Stop``, so that Nsight Compute sees only tuned, warm kernels (the autotuner's
+trial launches happen before)::
+
+    ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy \
+        --section WarpStateStats --section MemoryWorkloadAnalysis \
+        python scripts/profile_triton_linear.py --maps favor,cos --profiler-range
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ def main() -> None:
     p.add_argument("--maps", default="favor,elu,cos", help="comma-separated feature maps to time")
     p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
     p.add_argument("--kernels", action="store_true", help="also list each GPU kernel's time (torch.profiler)")
+    p.add_argument("--profiler-range", action="store_true",
+                   help="then run one forward + backward per map between cudaProfilerStart/Stop (for ncu)")
     args = p.parse_args()
     maps = args.maps.split(",")
     unknown = [m for m in maps if m not in MAPS]
@@ -70,6 +80,15 @@ def main() -> None:
             if args.kernels:
                 for kernel, ms in kernel_times(spec, q, k, v, g, count).items():
                     print(f"  {kernel:<48} {ms:8.3f} ms", flush=True)
+        if args.profiler_range:
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStart()
+            for name in maps:
+                s, z = fused.fused_state(k, v, None, count, specs[name])
+                fused.fused_readout(q, s, z, specs[name]).backward(g)
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+            q.grad = k.grad = v.grad = None
 
 
 def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001

@@ -17,3 +17,42 @@ def test_unknown_feature_map_is_a_clear_error():
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert lines[-1] == "error: unknown feature map 'relu' in --maps: choose from favor, elu, cos"
+
+
+# A shortened Nsight Compute text report: one Triton kernel and one PyTorch kernel.
+NCU_REPORT = """\
+==PROF== Disconnected from process 842
+  _state_fwd_kernel (2, 33, 8)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
+    smsp__average_warps_issue_stalled_wait_per_issue_active.ratio          inst         1.20
+    smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio       inst         0.10
+    smsp__average_warps_issue_stalled_selected_per_issue_active.ratio      inst            1
+    sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active             %        28.79
+    DRAM Throughput                   %        54.00
+    Duration                         ms         2.22
+    Local Memory Spilling Requests                       41,444,096
+    Registers Per Thread             register/thread               255
+    Achieved Occupancy                        %        12.14
+  void at::reduce_kernel<512, 1>(T3) (8, 1, 1)x(64, 8, 1), Context 1, Stream 7, Device 0, CC 9.0
+    Duration                         us         5.66
+"""
+
+
+def test_ncu_summary_reads_each_kernel(tmp_path):
+    report = tmp_path / "ncu.txt"
+    report.write_text(NCU_REPORT)
+    script = str(ROOT / "scripts" / "ncu_summary.py")
+    triton_only = subprocess.run([sys.executable, script, str(report)], capture_output=True, text=True, timeout=60)
+    assert triton_only.returncode == 0, triton_only.stderr
+    (line,) = triton_only.stdout.strip().splitlines()
+    assert line == ("kernel=_state_fwd_kernel grid=2x33x8 warps=4 xu%=28.79 dram%=54.00 time=2.22 ms "
+                    "spills=41,444,096 regs=255 occ%=12.14 | stalls: wait 1.20")
+    everything = subprocess.run([sys.executable, script, str(report), "--all"], capture_output=True, text=True,
+                                timeout=60)
+    assert everything.stdout.strip().splitlines()[1] == "kernel=at::reduce_kernel<512, 1> grid=8x1x1 warps=16 time=5.66 us"
+
+
+def test_ncu_summary_missing_report_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ncu_summary.py"), str(tmp_path / "none.txt")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no ncu report at ")

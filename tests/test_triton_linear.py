@@ -10,7 +10,7 @@ bf16 tensors on CPU (values off by orders of magnitude). The kernels' bf16 branc
 there, on fp32 inputs (cases ``*_tc``); bf16 itself is checked on a GPU (marker ``gpu``), where the
 same comparisons run compiled, in fp32 and bf16, at longer lengths.
 ``LONGSEQ_TRITON_TUNE=0`` (set before the run) skips the autotuner there: otherwise every new length
-times 8 (16 for the elu/cos loop kernels) candidate configurations of each kernel, twice.
+times 8 (16 for the kernels with a register prefetch) candidate configurations of each kernel, twice.
 """
 
 from __future__ import annotations
