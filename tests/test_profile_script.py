@@ -1,4 +1,4 @@
-"""scripts/profile_triton_linear.py: a bad --maps value is a one-line error before any GPU is needed."""
+"""The profiling scripts: bad arguments are one-line errors before any GPU is needed; ncu_summary parses ncu reports."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ def test_ncu_summary_missing_report_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no ncu report at ")
+
+
+def test_ab_script_bad_arguments_are_clear_errors(tmp_path):
+    script = str(ROOT / "scripts" / "ab_triton_linear.py")
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "old.py"), "--maps", "cos"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: no kernel file at {tmp_path / 'old.py'}; ")
+    (tmp_path / "old.py").write_text("")
+    bad_map = subprocess.run([sys.executable, script, str(tmp_path / "old.py"), "--maps", "cos,relu"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad_map.returncode != 0
+    assert bad_map.stderr.strip().splitlines()[-1] == "error: unknown feature map 'relu' in --maps: choose from favor, elu, cos"

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""A/B two versions of the fused kernels on one GPU, in one process: per-stage times and agreement.
+
+Loads ``OLD`` (a copy of ``src/longseq/attention/triton_linear.py`` from another revision, e.g.
+``git show REV:src/longseq/attention/triton_linear.py > /tmp/old.py``) next to the tree's module and,
+for each feature map, prints both versions' stage times (``profile_triton_linear.stage_times``:
+do_bench medians, CUDA-event and host figures) on the same random inputs, then the largest relative
+difference of the output and the q/k/v gradients between them.
+
+    python scripts/ab_triton_linear.py /tmp/old.py --maps cos,favor [--seq 1048576] [--candidates]
+
+``--candidates`` also prints every autotuning candidate's time for the tree's kernels (the tuner keeps
+the fastest), which tells a slower kernel from a worse pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import profile_triton_linear as prof  # noqa: E402
+
+from longseq.attention import triton_linear as new  # noqa: E402
+from longseq.attention.linear_core import real_token_count  # noqa: E402
+from longseq.attention.performer import PerformerAttention  # noqa: E402
+
+
+def load(path: Path, name: str):  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def print_candidates() -> None:
+    """Make the tree's tuner print each candidate's time (same two-round timing as ``_Tuned._choose``)."""
+    import triton
+
+    def choose(self, grid, args, kwargs):  # noqa: ANN001, ANN202
+        configs = new._configs(self.loop)
+        if len(configs) == 1:
+            return configs[0]
+        timings: dict = {}
+        for _ in range(2):
+            for cfg in configs:
+                meta = {**kwargs, **cfg.kwargs}
+                g = grid(meta) if callable(grid) else grid
+
+                def call(cfg=cfg, meta=meta, g=g) -> None:  # noqa: ANN001
+                    self.fn[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+                try:
+                    t = triton.testing.do_bench(call, warmup=10, rep=50, return_mode="median")
+                except Exception as exc:  # noqa: BLE001 - a candidate that does not fit
+                    print(f"  cand fail {self.fn.__name__} {cfg}: {type(exc).__name__}", flush=True)
+                    continue
+                timings[cfg] = min(t, timings.get(cfg, t))
+        for cfg, t in sorted(timings.items(), key=lambda kv: kv[1]):
+            print(f"  cand {self.fn.__name__} N={args[self.n_index]} {dict(kwargs)} {cfg.kwargs} "
+                  f"w{cfg.num_warps} st{cfg.num_stages}: {t:.3f} ms", flush=True)
+        return min(timings, key=timings.get)
+
+    new._Tuned._choose = choose
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("old", type=Path, help="the other revision's triton_linear.py")
+    p.add_argument("--maps", default="favor,elu,cos", help="comma-separated feature maps")
+    p.add_argument("--seq", type=int, default=1 << 20)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--candidates", action="store_true", help="print every tuned candidate's time (tree's kernels)")
+    args = p.parse_args()
+    maps = args.maps.split(",")
+    unknown = [m for m in maps if m not in prof.MAPS]
+    if unknown:
+        raise SystemExit(f"error: unknown feature map {unknown[0]!r} in --maps: choose from {', '.join(prof.MAPS)}")
+    if not args.old.is_file():
+        raise SystemExit(f"error: no kernel file at {args.old}; write one with "
+                         f"git show REV:src/longseq/attention/triton_linear.py > {args.old}")
+    if not torch.cuda.is_available():
+        raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
+    if args.candidates:
+        print_candidates()
+    modules = {"old": load(args.old, "triton_linear_old"), "new": new}
+    torch.manual_seed(0)
+    shape, dtype = (1, 8, args.seq, 64), getattr(torch, args.dtype)
+    q, k, v, g = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(4))
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    projection = PerformerAttention(64, args.seq, num_features=256).projection.cuda()
+    count = real_token_count(None, args.seq, torch.float32)
+    for name in maps:
+        results = {}
+        for label, module in modules.items():
+            spec = {"favor": module.FeatureSpec("favor", projection=projection, eps=1e-6),
+                    "elu": module.FeatureSpec("elu"), "cos": module.FeatureSpec("cos", horizon=args.seq)}[name]
+            prof.fused = module  # stage_times calls the module it is given here
+            s, z = module.fused_state(k, v, None, count, spec)
+            out = module.fused_readout(q, s, z, spec)
+            results[label] = (out.detach(), *torch.autograd.grad(out, (q, k, v), g))
+            times = prof.stage_times(spec, q, k, v, g, count)
+            print(f"{label} {name}: " + ", ".join(f"{key} {ms:.3f}" for key, ms in times.items()), flush=True)
+        diffs = [float((a.float() - b.float()).abs().max() / b.float().abs().max())
+                 for a, b in zip(results["old"], results["new"], strict=True)]
+        print(f"{name} new vs old rel diff (out, dq, dk, dv): " + ", ".join(f"{d:.2e}" for d in diffs), flush=True)
+    prof.fused = new
+
+
+if __name__ == "__main__":
+    main()
