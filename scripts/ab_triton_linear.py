@@ -43,34 +43,13 @@ def load(path: Path, name: str):  # noqa: ANN201
 
 
 def print_candidates() -> None:
-    """Make the tree's tuner print each candidate's time (same two-round timing as ``_Tuned._choose``)."""
-    import triton
-
-    def choose(self, grid, args, kwargs):  # noqa: ANN001, ANN202
-        configs = new._configs(self.loop)
-        if len(configs) == 1:
-            return configs[0]
-        timings: dict = {}
-        for _ in range(2):
-            for cfg in configs:
-                meta = {**kwargs, **cfg.kwargs}
-                g = grid(meta) if callable(grid) else grid
-
-                def call(cfg=cfg, meta=meta, g=g) -> None:  # noqa: ANN001
-                    self.fn[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-                try:
-                    t = triton.testing.do_bench(call, warmup=10, rep=50, return_mode="median")
-                except Exception as exc:  # noqa: BLE001 - a candidate that does not fit
-                    print(f"  cand fail {self.fn.__name__} {cfg}: {type(exc).__name__}", flush=True)
-                    continue
-                timings[cfg] = min(t, timings.get(cfg, t))
-        for cfg, t in sorted(timings.items(), key=lambda kv: kv[1]):
-            print(f"  cand {self.fn.__name__} N={args[self.n_index]} {dict(kwargs)} {cfg.kwargs} "
-                  f"w{cfg.num_warps} st{cfg.num_stages}: {t:.3f} ms", flush=True)
-        return min(timings, key=timings.get)
-
-    new._Tuned._choose = choose
+    """Every candidate's time the tree's tuner measured (``_Tuned.trials``), fastest first."""
+    for tuned in (obj for obj in vars(new).values() if isinstance(obj, new._Tuned)):
+        for key, timings in tuned.trials.items():
+            for cfg, ms in sorted(timings.items(), key=lambda kv: kv[1]):
+                print(f"  cand {tuned.fn.__name__} N={key[0]} {dict(key[1:])} {cfg.kwargs} "
+                      f"w{cfg.num_warps} st{cfg.num_stages}: {ms:.3f} ms", flush=True)
+        tuned.trials.clear()
 
 
 def main() -> None:
@@ -90,8 +69,6 @@ def main() -> None:
                          f"git show REV:src/longseq/attention/triton_linear.py > {args.old}")
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
-    if args.candidates:
-        print_candidates()
     modules = {"old": load(args.old, "triton_linear_old"), "new": new}
     torch.manual_seed(0)
     shape, dtype = (1, 8, args.seq, 64), getattr(torch, args.dtype)
@@ -110,6 +87,8 @@ def main() -> None:
             out = module.fused_readout(q, s, z, spec)
             results[label] = (out.detach(), *torch.autograd.grad(out, (q, k, v), g))
             times = prof.stage_times(spec, q, k, v, g, count)
+            if args.candidates and label == "new":
+                print_candidates()
             print(f"{label} {name}: " + ", ".join(f"{key} {ms:.3f}" for key, ms in times.items()), flush=True)
         diffs = [float((a.float() - b.float()).abs().max() / b.float().abs().max())
                  for a, b in zip(results["old"], results["new"], strict=True)]

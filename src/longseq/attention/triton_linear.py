@@ -188,12 +188,13 @@ if HAVE_TRITON:
         constexprs) by timing each candidate, then cached. Plays the part of ``triton.autotune``, whose
         per-call bookkeeping costs about 40 µs of host time per launch (measured on the H100 host),
         which at short lengths is most of the step. Every tuned kernel overwrites its whole output, so
-        the trial runs leave nothing behind. The length is the kernel's ``N`` argument."""
+        the trial runs leave nothing behind. The length is the kernel's ``N`` argument. ``trials`` keeps
+        each key's candidate timings (ms), for scripts/ab_triton_linear.py --candidates."""
 
         loop = False  # which candidate set (_configs)
 
         def __init__(self, fn) -> None:  # noqa: ANN001
-            self.fn, self.n_index, self.best = fn, fn.arg_names.index("N"), {}
+            self.fn, self.n_index, self.best, self.trials = fn, fn.arg_names.index("N"), {}, {}
 
         def __getitem__(self, grid):  # noqa: ANN001, ANN204
             return functools.partial(self._launch, grid)
@@ -202,12 +203,12 @@ if HAVE_TRITON:
             key = (args[self.n_index], *sorted(kwargs.items()))
             cfg = self.best.get(key)
             if cfg is None:
-                cfg = self.best[key] = self._choose(grid, args, kwargs)
+                cfg = self.best[key] = self._choose(grid, args, kwargs, key)
             meta = {**kwargs, **cfg.kwargs}
             g = grid(meta) if callable(grid) else grid
             return self.fn[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-        def _choose(self, grid, args, kwargs):  # noqa: ANN001, ANN202
+        def _choose(self, grid, args, kwargs, key):  # noqa: ANN001, ANN202
             configs = _configs(self.loop)
             if len(configs) == 1:
                 return configs[0]
@@ -234,6 +235,7 @@ if HAVE_TRITON:
                     timings[cfg] = min(t, timings.get(cfg, t))
             if not timings:
                 raise RuntimeError(f"no kernel configuration of {self.fn.__name__} could run")
+            self.trials[key] = timings
             return min(timings, key=timings.get)
 
     class _TunedLoop(_Tuned):
@@ -314,6 +316,16 @@ if HAVE_TRITON:
             dc, dsn = tl.split(tl.reshape(dphi, (BLOCK_N, D, 2)))
             dx = tl.where(xf > 0, dc * wc[:, None] + dsn * ws[:, None], 0.0)
         return dx
+
+    @triton.jit
+    def _elu_cos_key_grads(kf, v, ok, rows, ds_in, dz, TRIG, N, FEAT: tl.constexpr, BLOCK_N: tl.constexpr,
+                           D: tl.constexpr, IEEE: tl.constexpr):
+        """Key-side backward of one tile, every feature in one block: dv = φ·dS', dφ = v·dS'ᵀ + dz' (zero
+        for padding keys), returned as (dk, dv) in fp32."""
+        phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
+        dv = _dot(phi.to(v.dtype), ds_in, IEEE)
+        dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
+        return _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D), dv
 
     @triton.jit
     def _cos_half(S, Z, bh, cols, h, TRIG, rows, ok, N, M: tl.constexpr, D: tl.constexpr):
@@ -557,10 +569,7 @@ if HAVE_TRITON:
             t = _state_rows(FEAT, D)
             ds_in = tl.load(DS + bh * M * D + t[:, None] * D + cols[None, :])  # (M, D)
             dz = tl.load(DZ + bh * M + t)
-            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
-            dv = _dot(phi.to(v.dtype), ds_in, IEEE)
-            dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
-            dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
+            dx, dv = _elu_cos_key_grads(kf, v, ok, rows, ds_in, dz, TRIG, N, FEAT, BLOCK_N, D, IEEE)
         out = bh * N * D + rows[:, None] * D + cols[None, :]
         tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
@@ -947,11 +956,7 @@ if HAVE_TRITON:
             else:
                 k, v, ok = _kv_tile_loads(k_base, v_base, mask_base, row0, stop, stride_kn, stride_vn, cols,
                                           HAS_MASK, BLOCK_N)
-            kf = k.to(tl.float32)
-            phi, wc, ws = _elu_cos_tile(kf, rows, ok, TRIG, N, FEAT, BLOCK_N, D, True)
-            dv = _dot(phi.to(v.dtype), ds_in, IEEE)
-            dphi = tl.where(ok[:, None], _dot(v, tl.trans(ds_in), IEEE) + dz[None, :], 0.0)
-            dx = _elu_cos_input_grad(dphi, kf, phi, wc, ws, FEAT, BLOCK_N, D)
+            dx, dv = _elu_cos_key_grads(k.to(tl.float32), v, ok, rows, ds_in, dz, TRIG, N, FEAT, BLOCK_N, D, IEEE)
             out = bh * N * D + rows[:, None] * D + cols[None, :]
             tl.store(DK + out, dx.to(DK.dtype.element_ty), mask=inside[:, None])
             tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=inside[:, None])
