@@ -243,6 +243,20 @@ def test_cached_kernel_rows_follow_redraws_and_new_modules():
     torch.testing.assert_close(triton_linear._favor_rows(spec(other), x), expected)
 
 
+def test_kernels_run_with_autocast_off_and_skip_the_context_when_it_is_off():
+    # The autograd functions must see autocast off (their dtypes are explicit); when it is already
+    # off the context is skipped, saving host time before the first launch of an eager step.
+    from longseq.attention import triton_linear
+
+    x = torch.zeros(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        with triton_linear._autocast_off(x):
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
+    assert not isinstance(triton_linear._autocast_off(x), torch.autocast)
+
+
 GPU_CASES = [
     ("elu", "linear_elu", {}, 2, 4, 4113, 64, True),
     ("cos", "cosformer", {}, 1, 4, 5000, 64, True),
