@@ -60,10 +60,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--candidates", action="store_true", help="print every tuned candidate's time (tree's kernels)")
     args = p.parse_args()
-    maps = args.maps.split(",")
-    unknown = [m for m in maps if m not in prof.MAPS]
-    if unknown:
-        raise SystemExit(f"error: unknown feature map {unknown[0]!r} in --maps: choose from {', '.join(prof.MAPS)}")
+    maps = prof.parse_maps(args.maps)
     if not args.old.is_file():
         raise SystemExit(f"error: no kernel file at {args.old}; write one with "
                          f"git show REV:src/longseq/attention/triton_linear.py > {args.old}")
@@ -80,8 +77,7 @@ def main() -> None:
     for name in maps:
         results = {}
         for label, module in modules.items():
-            spec = {"favor": module.FeatureSpec("favor", projection=projection, eps=1e-6),
-                    "elu": module.FeatureSpec("elu"), "cos": module.FeatureSpec("cos", horizon=args.seq)}[name]
+            spec = prof.feature_specs(module, projection, args.seq)[name]
             prof.fused = module  # stage_times calls the module it is given here
             s, z = module.fused_state(k, v, None, count, spec)
             out = module.fused_readout(q, s, z, spec)

@@ -39,6 +39,25 @@ from longseq.attention.performer import PerformerAttention  # noqa: E402
 MAPS = ("favor", "elu", "cos")
 
 
+def parse_maps(text: str) -> list[str]:
+    """``--maps`` as a list, or a one-line error naming the unknown map and the choices."""
+    maps = text.split(",")
+    unknown = [m for m in maps if m not in MAPS]
+    if unknown:
+        raise SystemExit(f"error: unknown feature map {unknown[0]!r} in --maps: choose from {', '.join(MAPS)}")
+    return maps
+
+
+def feature_specs(module, projection: torch.Tensor, seq: int) -> dict:  # noqa: ANN001
+    """The timed feature maps as ``module``'s FeatureSpecs (``module``: a kernel file, so that
+    scripts/ab_triton_linear.py builds each version's own)."""
+    return {
+        "favor": module.FeatureSpec("favor", projection=projection, eps=1e-6),
+        "elu": module.FeatureSpec("elu"),
+        "cos": module.FeatureSpec("cos", horizon=seq),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq", default=str(1 << 20), help="comma-separated lengths")
@@ -52,10 +71,7 @@ def main() -> None:
     p.add_argument("--profiler-range", action="store_true",
                    help="then run one forward + backward per map between cudaProfilerStart/Stop (for ncu)")
     args = p.parse_args()
-    maps = args.maps.split(",")
-    unknown = [m for m in maps if m not in MAPS]
-    if unknown:
-        raise SystemExit(f"error: unknown feature map {unknown[0]!r} in --maps: choose from {', '.join(MAPS)}")
+    maps = parse_maps(args.maps)
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
 
@@ -63,11 +79,7 @@ def main() -> None:
         shape = (args.batch, args.heads, seq, args.head_dim)
         q, k, v, g = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         projection = PerformerAttention(args.head_dim, seq, num_features=args.features).projection.cuda()
-        specs = {
-            "favor": fused.FeatureSpec("favor", projection=projection, eps=1e-6),
-            "elu": fused.FeatureSpec("elu"),
-            "cos": fused.FeatureSpec("cos", horizon=seq),
-        }
+        specs = feature_specs(fused, projection, seq)
         count = real_token_count(None, seq, torch.float32)
         for x in (q, k, v):
             x.requires_grad_(True)

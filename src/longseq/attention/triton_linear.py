@@ -737,9 +737,7 @@ if HAVE_TRITON:
             g_nx, rv_nx, dden_nx, m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, start, stop, N, cols,
                                                                  BLOCK_N)
         for row0 in range(start, stop, BLOCK_N):
-            rows = row0 + tl.arange(0, BLOCK_N)
-            inside = rows < stop
-            q = tl.load(q_base + rows[:, None] * stride_qn + cols[None, :], mask=inside[:, None], other=0.0)
+            q = _q_tile_load(q_base, row0, stop, stride_qn, cols, BLOCK_N)
             if PREFETCH:
                 g, rv, dden, m_row = g_nx, rv_nx, dden_nx, m_nx
                 g_nx, rv_nx, dden_nx, m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0 + BLOCK_N, stop,
