@@ -137,6 +137,32 @@ def checkpointed_error(device: str) -> float:
     return worst
 
 
+def combine_error(device: str) -> float:
+    """The partial-state combine with more chunks than it sums per step (a ragged last step), every
+    option on (per-chunk rescale to the key max, a chunk with no real key, the FAVOR+ eps part,
+    per-batch counts), against the same sums in fp64; largest relative error of S and z."""
+    from longseq.attention import triton_linear as tlin
+
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    batch, heads, chunks, m, d = 2, 2, 37, 16, 64
+    bh = batch * heads
+    s_part, z_part = torch.randn(bh, chunks, m, d, generator=gen), torch.rand(bh, chunks, m, generator=gen)
+    m_part, vs_part = torch.randn(bh, chunks, m, generator=gen) * 4, torch.randn(bh, chunks, d, generator=gen)
+    s_part[1, 5], z_part[1, 5], m_part[1, 5] = 0.0, 0.0, tlin.NEG_BIG  # a chunk of padding only
+    kmax = m_part.amax(dim=(1, 2))
+    count, nreal = torch.tensor([90.0, 70.0]), torch.tensor([80.0, 60.0])
+    eps, c = 1e-2, 0.25
+    s, z = tlin._combine((s_part, z_part, m_part, vs_part), bh, heads, m, d, torch.device(device), kmax=kmax,
+                         count=count, nreal=nreal, eps=eps, c=c, favor_eps=True)
+    scale = torch.exp2(m_part.double() - kmax.double()[:, None, None])
+    per_row = count.double().repeat_interleave(heads)
+    s_ref = c * ((s_part.double() * scale[..., None]).sum(1) + eps * vs_part.double().sum(1)[:, None, :])
+    z_ref = c * ((z_part.double() * scale).sum(1) + eps * nreal.double().repeat_interleave(heads)[:, None])
+    s_ref, z_ref = s_ref / per_row[:, None, None], z_ref / per_row[:, None]
+    return max(float((s.double() - s_ref).abs().max() / s_ref.abs().max()),
+               float((z.double() - z_ref).abs().max() / z_ref.abs().max()))
+
+
 def tensor_core_path_errors() -> dict:
     """The cases again with fp32 inputs sent down the bf16/fp16 branches of the kernels (``ieee`` off
     in the launch plan): the interpreter cannot run bf16, and those branches differ from the fp32 ones
@@ -170,6 +196,7 @@ def interpreter_results() -> dict:
     errors.update(tensor_core_path_errors())
     errors["sharded"] = [sharded_error("cpu")]
     errors["checkpointed"] = [checkpointed_error("cpu")]
+    errors["combine"] = [combine_error("cpu")]
     return errors
 
 
@@ -195,6 +222,10 @@ def test_interpreter_matches_torch(interpreted, name):
 
 def test_interpreter_sharded_state_with_key_max_reduce(interpreted):
     assert interpreted["sharded"][0] < 1e-5
+
+
+def test_interpreter_combine_of_many_chunks(interpreted):
+    assert interpreted["combine"][0] < 1e-5
 
 
 def test_interpreter_backward_under_activation_checkpointing(interpreted):

@@ -100,10 +100,16 @@ class CosformerAttention(AttentionKernel):
                 f"(weights turn negative past M); raise model.attention.horizon (or max_seq_len) to at "
                 f"least {seq}"
             )
+        backend = resolve_impl(self.impl, q, unsupported_reason("cos", q.shape[-1]), "cosformer")
+        if backend != self.last_backend:  # nn.Module.__setattr__ costs µs of host time on every call
+            self.last_backend = backend
+        if backend == "triton":
+            return chunked_linear_attention(
+                q, k, v, padding_mask, None, None, self.chunk_size, sequence_parallel=self.sequence_parallel,
+                fused=FeatureSpec("cos", horizon=self.horizon),
+            )
         features = functools.partial(cos_reweighted_features, horizon=self.horizon)
-        self.last_backend = resolve_impl(self.impl, q, unsupported_reason("cos", q.shape[-1]), "cosformer")
-        fused = FeatureSpec("cos", horizon=self.horizon) if self.last_backend == "triton" else None
         return chunked_linear_attention(
             q, k, v, padding_mask, features, features, self.chunk_size, self.recompute,
-            sequence_parallel=self.sequence_parallel, fused=fused,
+            sequence_parallel=self.sequence_parallel,
         )

@@ -178,14 +178,12 @@ def chunked_linear_attention(
     are not used (they may be None).
     """
     seq = q.shape[-2]
-    count = real_token_count(padding_mask, seq, compute_dtype(q.dtype))
     offset = 0  # global index of the first token here (sequence parallelism)
     if sequence_parallel is not None:
         count = sequence_parallel.global_count(padding_mask, q, compute_dtype(q.dtype))
         offset = sequence_parallel.offset(seq)
-
-    def run(fn: Callable[..., T], *args: object) -> T:
-        return recomputed(fn, *args) if recompute else fn(*args)
+    else:
+        count = real_token_count(padding_mask, seq, compute_dtype(q.dtype))
 
     if fused is not None:  # same two stages, features built inside the Triton kernels
         from longseq.attention.triton_linear import fused_readout, fused_state
@@ -194,6 +192,9 @@ def chunked_linear_attention(
         if sequence_parallel is not None:
             s, z = sequence_parallel.all_reduce_state(s, z)
         return fused_readout(q, s, z, fused, offset=offset)
+
+    def run(fn: Callable[..., T], *args: object) -> T:
+        return recomputed(fn, *args) if recompute else fn(*args)
 
     s = z = None
     for start in range(0, seq, chunk_size):

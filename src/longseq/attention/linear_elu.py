@@ -74,8 +74,10 @@ class LinearEluAttention(AttentionKernel):
         v: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        self.last_backend = resolve_impl(self.impl, q, unsupported_reason("elu", q.shape[-1]), "linear_elu")
-        fused = FeatureSpec("elu") if self.last_backend == "triton" else None
+        backend = resolve_impl(self.impl, q, unsupported_reason("elu", q.shape[-1]), "linear_elu")
+        if backend != self.last_backend:  # nn.Module.__setattr__ costs µs of host time on every call
+            self.last_backend = backend
+        fused = FeatureSpec("elu") if backend == "triton" else None
         return chunked_linear_attention(
             q, k, v, padding_mask, _elu_features, _elu_features, self.chunk_size, self.recompute,
             sequence_parallel=self.sequence_parallel, fused=fused,

@@ -278,8 +278,10 @@ class PerformerAttention(AttentionKernel):
         unsupported = (
             "kernel relu" if self.kernel == "relu" else unsupported_reason("favor", q.shape[-1], self.num_features)
         )
-        self.last_backend = resolve_impl(self.impl, q, unsupported, "performer")
-        if self.last_backend == "triton":
+        backend = resolve_impl(self.impl, q, unsupported, "performer")
+        if backend != self.last_backend:  # nn.Module.__setattr__ costs µs of host time on every call
+            self.last_backend = backend
+        if backend == "triton":
             # Stabilisers, eps and recomputation are inside the kernels (key max: online per chunk).
             spec = FeatureSpec(
                 "favor", projection=self.projection, hyperbolic=self.kernel == "softmax_hyp", eps=self.eps,

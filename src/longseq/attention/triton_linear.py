@@ -201,7 +201,8 @@ if HAVE_TRITON:
             return functools.partial(self._launch, grid)
 
         def _launch(self, grid, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            key = (args[self.n_index], *sorted(kwargs.items()))
+            # Keyword order is fixed per call site; a second order would only tune once more.
+            key = (args[self.n_index], *kwargs.items())
             cfg = self.best.get(key)
             if cfg is None:
                 cfg = self.best[key] = self._choose(grid, args, kwargs, key)
@@ -468,11 +469,14 @@ if HAVE_TRITON:
         S_part, Z_part, M_part, VS_part, KMAX, COUNT, NREAL, S, Z,
         H, num_chunks, count_s, nreal_s, eps, c,
         RESCALE: tl.constexpr, FAVOR_EPS: tl.constexpr, PER_BATCH: tl.constexpr,
-        D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr,
+        D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        # Sum of the chunks' partial states of one block of features (deterministic order). RESCALE:
-        # each partial is rescaled from its own per-feature max to the key max KMAX (FAVOR+). Then the
-        # FAVOR+ eps part (c·eps·Σv, c·eps·n) and the division by the real-token count.
+        # Sum of the chunks' partial states of one block of features, BLOCK_C chunks per step (one
+        # (BLOCK_C, BLOCK_M, D) load, then a sum over the chunk axis: the loads of a step are in flight
+        # together; one chunk per step left the kernel waiting on memory, 25-42 µs at 1M tokens for a
+        # few MiB). Fixed order, so deterministic. RESCALE: each partial is rescaled from its own
+        # per-feature max to the key max KMAX (FAVOR+). Then the FAVOR+ eps part (c·eps·Σv, c·eps·n)
+        # and the division by the real-token count.
         fb = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -483,20 +487,25 @@ if HAVE_TRITON:
         vacc = tl.zeros((D,), dtype=tl.float32)
         if RESCALE:
             kmax = tl.load(KMAX + bh)
-        for chunk in range(num_chunks):
-            part = bh * num_chunks + chunk
-            s = tl.load(S_part + part * M * D + fcols[:, None] * D + cols[None, :])
-            z = tl.load(Z_part + part * M + fcols)
+        for c0 in range(0, num_chunks, BLOCK_C):
+            chunk = c0 + tl.arange(0, BLOCK_C)
+            ok = chunk < num_chunks
+            part = bh * num_chunks + chunk  # (BLOCK_C,)
+            s = tl.load(S_part + part[:, None, None] * (M * D) + fcols[None, :, None] * D + cols[None, None, :],
+                        mask=ok[:, None, None], other=0.0)
+            z = tl.load(Z_part + part[:, None] * M + fcols[None, :], mask=ok[:, None], other=0.0)
             if RESCALE:
                 # ≤ 1: kmax is the max over every chunk (and shard); a chunk with no real key has
-                # NEG maxima and zero sums.
-                scale = tl.exp2(tl.load(M_part + part * M + fcols) - kmax)
-                s = s * scale[:, None]
+                # NEG maxima and zero sums, as do the masked-off chunk slots.
+                scale = tl.exp2(tl.load(M_part + part[:, None] * M + fcols[None, :], mask=ok[:, None],
+                                        other=_NEG) - kmax)
+                s = s * scale[:, :, None]
                 z = z * scale
-            acc += s
-            zacc += z
+            acc += tl.sum(s, axis=0)
+            zacc += tl.sum(z, axis=0)
             if FAVOR_EPS:
-                vacc += tl.load(VS_part + part * D + cols)
+                vacc += tl.sum(tl.load(VS_part + part[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0),
+                               axis=0)
         if PER_BATCH:
             count = tl.load(COUNT + b)
             nreal = tl.load(NREAL + b)
@@ -1008,7 +1017,22 @@ def _favor_rows(spec: FeatureSpec, x: torch.Tensor) -> torch.Tensor:
     return w
 
 
+# (kind, horizon, head_dim, dtype) -> the elu/cos plan: built once, as each call's host time before its
+# first launch is GPU idle time in an eager step (FAVOR+'s plan holds the projection and is rebuilt).
+_PLAN_CACHE: dict[tuple, _Plan] = {}
+
+
 def _plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
+    if spec.kind == "favor":
+        return _build_plan(spec, x)
+    key = (spec.kind, spec.horizon, x.shape[-1], x.dtype)
+    plan = _PLAN_CACHE.get(key)
+    if plan is None:
+        plan = _PLAN_CACHE[key] = _build_plan(spec, x)
+    return plan
+
+
+def _build_plan(spec: FeatureSpec, x: torch.Tensor) -> _Plan:
     d = x.shape[-1]
     m = spec.num_features(d)
     ieee = x.dtype == torch.float32
@@ -1049,8 +1073,14 @@ def _num_chunks(n: int, programs_per_chunk: int, device: torch.device, chunk_tok
     programs to fill the GPU several times over, never fewer than one tile per chunk."""
     if chunk_tokens is None:
         chunk_tokens = DEFAULT_CHUNK_TOKENS
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else -1
+    return _chunking(n, programs_per_chunk, index, chunk_tokens)
+
+
+@functools.lru_cache(maxsize=256)
+def _chunking(n: int, programs_per_chunk: int, index: int, chunk_tokens: int | None) -> tuple[int, int]:
     if chunk_tokens is None:
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 1
+        sms = _sm_count(index) if index >= 0 else 1
         chunks = max(1, min(math.ceil(4 * sms / programs_per_chunk), math.ceil(n / CHUNK_ALIGN)))
         chunk_tokens = math.ceil(n / chunks)
     chunk_len = max(CHUNK_ALIGN, math.ceil(chunk_tokens / CHUNK_ALIGN) * CHUNK_ALIGN)
@@ -1082,13 +1112,18 @@ def _combine(parts: tuple, bh: int, heads: int, m: int, d: int, device: torch.de
     chunks = s_part.shape[1]
     s = torch.empty(bh, m, d, device=device, dtype=torch.float32)
     z = torch.empty(bh, m, device=device, dtype=torch.float32)
-    block = 16 if m % 16 == 0 else m
+    # 8 features per program (m is a multiple of 16 for FAVOR+, a head size for elu/cos): enough
+    # programs to spread the few MiB of partials over the SMs; BLOCK_C chunks per step keep 8192
+    # fp32 (64 registers a thread) in flight.
+    block = 8 if m % 8 == 0 else m
+    block_c = max(1, min(triton.next_power_of_2(chunks), 8192 // (block * d)))
     _combine_kernel[(m // block, bh)](
         s_part, z_part, m_part if m_part is not None else s_part, vs_part if vs_part is not None else s_part,
         kmax if kmax is not None else s_part, count if count is not None else s_part,
         nreal if nreal is not None else s_part, s, z,
         heads, chunks, count_s, nreal_s, eps, c,
         RESCALE=kmax is not None, FAVOR_EPS=favor_eps, PER_BATCH=count is not None, D=d, M=m, BLOCK_M=block,
+        BLOCK_C=block_c,
     )
     return s, z
 
@@ -1311,7 +1346,7 @@ def fused_state(
     ``chunk_tokens`` fixes the chunk of the sequence reduction (tests); default: fill the device.
     ``offset``: global position of the first token (cosFormer under sequence parallelism).
     """
-    k, v = _prepare(k), _prepare(v.to(k.dtype))
+    k, v = _prepare(k), _prepare(v if v.dtype == k.dtype else v.to(k.dtype))
     with _autocast_off(k):
         s, z, _ = _StateFn.apply(k, v, padding_mask, spec, chunk_tokens, offset, count)
     return s, z
