@@ -372,20 +372,16 @@ if HAVE_TRITON:
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
-    def _state_fwd_kernel(
-        K, V, MASK, W,
-        S_part, Z_part, M_part, VS_part, ROW_V, ROW_Z,
+    def _favor_state_fwd_kernel(
+        K, V, MASK, W, S_part, Z_part, M_part, VS_part,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
-        H, N, chunk_len, num_chunks,
-        half_norm_scale, TRIG,
-        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, ROW_W: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+        H, N, chunk_len, num_chunks, half_norm_scale,
+        HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        IEEE: tl.constexpr,
     ):
-        # One program per (feature block [FAVOR+ only], sequence chunk, batch·head) writes the partial
-        # sums of its chunk. Feature block is the fastest grid axis, so the programs that read the same
-        # keys run together and share them through L2. ROW_W (elu/cos only): Σ φ(k_j)ᵀ·ROW_V_j·v_j and
-        # Σ φ(k_j)·ROW_Z_j with per-row weights (bh, N) instead of plain sums: the read-out backward's
-        # dS = Σ φ(q_i)ᵀ·g_i/den_i and dz = Σ φ(q_i)·dden_i are this reduction with k = q, v = dO.
+        # One program per (feature block, sequence chunk, batch·head) writes the partial sums of its
+        # chunk. Feature block is the fastest grid axis, so the programs that read the same keys run
+        # together and share them through L2.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -396,73 +392,96 @@ if HAVE_TRITON:
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         part = bh * num_chunks + chunk
-        if FEAT == 0:
-            fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
-            w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), loaded once
-            acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-            zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            m_run = tl.full((BLOCK_M,), _NEG, tl.float32)
-            vacc = tl.zeros((D,), dtype=tl.float32)
-            # Whole tiles without any masking, then the ragged tail (or every tile under a mask).
-            if HAS_MASK:
-                full_stop = start
-            else:
-                full_stop = start + (stop - start) // BLOCK_N * BLOCK_N
-            for row0 in range(start, full_stop, BLOCK_N):
-                acc, zacc, m_run, vacc = _favor_state_tile(
-                    acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
-                    cols, stride_kn, stride_vn, half_norm_scale, fb, False, HAS_MASK, IEEE)
-            for row0 in range(full_stop, stop, BLOCK_N):
-                acc, zacc, m_run, vacc = _favor_state_tile(
-                    acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
-                    cols, stride_kn, stride_vn, half_norm_scale, fb, True, HAS_MASK, IEEE)
-            tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
-            tl.store(Z_part + part * M + fcols, zacc)
-            tl.store(M_part + part * M + fcols, m_run)
-            if fb == 0:
-                tl.store(VS_part + part * D + cols, vacc)
+        fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
+        w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), loaded once
+        acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+        zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        m_run = tl.full((BLOCK_M,), _NEG, tl.float32)
+        vacc = tl.zeros((D,), dtype=tl.float32)
+        # Whole tiles without any masking, then the ragged tail (or every tile under a mask).
+        if HAS_MASK:
+            full_stop = start
         else:
-            # elu/cos: one program builds every feature block (cos: the cos and sin halves) from one
-            # load, transposed (D, BLOCK_N) so the features are the left operand as loaded.
-            acc = tl.zeros((D, D), dtype=tl.float32)
-            zacc = tl.zeros((D,), dtype=tl.float32)
-            acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
-            zacc2 = tl.zeros((D,), dtype=tl.float32)
-            for row0 in range(start, stop, BLOCK_N):
-                rows = row0 + tl.arange(0, BLOCK_N)
-                ok = rows < stop
-                if HAS_MASK:
-                    ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
-                kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
-                v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
+            full_stop = start + (stop - start) // BLOCK_N * BLOCK_N
+        for row0 in range(start, full_stop, BLOCK_N):
+            acc, zacc, m_run, vacc = _favor_state_tile(
+                acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+                cols, stride_kn, stride_vn, half_norm_scale, fb, False, HAS_MASK, IEEE)
+        for row0 in range(full_stop, stop, BLOCK_N):
+            acc, zacc, m_run, vacc = _favor_state_tile(
+                acc, zacc, m_run, vacc, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+                cols, stride_kn, stride_vn, half_norm_scale, fb, True, HAS_MASK, IEEE)
+        tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+        tl.store(Z_part + part * M + fcols, zacc)
+        tl.store(M_part + part * M + fcols, m_run)
+        if fb == 0:
+            tl.store(VS_part + part * D + cols, vacc)
+
+    @_Tuned
+    @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
+    def _elu_cos_state_fwd_kernel(
+        K, V, MASK, S_part, Z_part, ROW_V, ROW_Z,
+        stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
+        H, N, chunk_len, num_chunks, TRIG,
+        FEAT: tl.constexpr, HAS_MASK: tl.constexpr, ROW_W: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+        BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        # One program per (sequence chunk, batch·head) builds every feature (cos: the cos and sin
+        # halves) from one load, transposed (D, BLOCK_N) so the features are the left operand as
+        # loaded, and writes the partial sums of its chunk. A kernel apart from FAVOR+'s: fewer
+        # arguments, and each costs host time at every launch (about 3 µs on the H100 host), which
+        # for the first launch of an eager step is GPU idle time. ROW_W: Σ φ(k_j)ᵀ·ROW_V_j·v_j and
+        # Σ φ(k_j)·ROW_Z_j with per-row weights (bh, N) instead of plain sums: the read-out
+        # backward's dS = Σ φ(q_i)ᵀ·g_i/den_i and dz = Σ φ(q_i)·dden_i are this reduction with
+        # k = q, v = dO.
+        chunk = tl.program_id(0)
+        bh = tl.program_id(1)
+        k_base = _head_base(K, bh, H, stride_kb, stride_kh)
+        v_base = _head_base(V, bh, H, stride_vb, stride_vh)
+        mask_base = _head_base(MASK, bh, H, stride_mb, 0)
+        cols = tl.arange(0, D)
+        start = chunk * chunk_len
+        stop = tl.minimum(start + chunk_len, N)
+        part = bh * num_chunks + chunk
+        acc = tl.zeros((D, D), dtype=tl.float32)
+        zacc = tl.zeros((D,), dtype=tl.float32)
+        acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
+        zacc2 = tl.zeros((D,), dtype=tl.float32)
+        for row0 in range(start, stop, BLOCK_N):
+            rows = row0 + tl.arange(0, BLOCK_N)
+            ok = rows < stop
+            if HAS_MASK:
+                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
+            v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
+            if ROW_W:
+                wv = tl.load(ROW_V + bh * N + rows, mask=ok, other=0.0)
+                wz = tl.load(ROW_Z + bh * N + rows, mask=ok, other=0.0)
+                v = (v.to(tl.float32) * wv[:, None]).to(v.dtype)
+            xf = kt.to(tl.float32)
+            if FEAT == 1:
+                pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
+                acc += _dot(pt.to(v.dtype), v, IEEE)
                 if ROW_W:
-                    wv = tl.load(ROW_V + bh * N + rows, mask=ok, other=0.0)
-                    wz = tl.load(ROW_Z + bh * N + rows, mask=ok, other=0.0)
-                    v = (v.to(tl.float32) * wv[:, None]).to(v.dtype)
-                xf = kt.to(tl.float32)
-                if FEAT == 1:
-                    pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
-                    acc += _dot(pt.to(v.dtype), v, IEEE)
-                    if ROW_W:
-                        pt = pt * wz[None, :]
-                    zacc += tl.sum(pt, axis=1)
-                else:
-                    r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
-                    pc = r * _trig(TRIG, 0, rows, ok, N, FEAT)[None, :]
-                    ps = r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]
-                    acc += _dot(pc.to(v.dtype), v, IEEE)
-                    acc2 += _dot(ps.to(v.dtype), v, IEEE)
-                    if ROW_W:
-                        pc = pc * wz[None, :]
-                        ps = ps * wz[None, :]
-                    zacc += tl.sum(pc, axis=1)
-                    zacc2 += tl.sum(ps, axis=1)
-            fcols = tl.arange(0, D)
-            tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
-            tl.store(Z_part + part * M + fcols, zacc)
-            if FEAT == 2:
-                tl.store(S_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
-                tl.store(Z_part + part * M + D + fcols, zacc2)
+                    pt = pt * wz[None, :]
+                zacc += tl.sum(pt, axis=1)
+            else:
+                r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
+                pc = r * _trig(TRIG, 0, rows, ok, N, FEAT)[None, :]
+                ps = r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]
+                acc += _dot(pc.to(v.dtype), v, IEEE)
+                acc2 += _dot(ps.to(v.dtype), v, IEEE)
+                if ROW_W:
+                    pc = pc * wz[None, :]
+                    ps = ps * wz[None, :]
+                zacc += tl.sum(pc, axis=1)
+                zacc2 += tl.sum(ps, axis=1)
+        fcols = tl.arange(0, D)
+        tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
+        tl.store(Z_part + part * M + fcols, zacc)
+        if FEAT == 2:
+            tl.store(S_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
+            tl.store(Z_part + part * M + D + fcols, zacc2)
 
     @triton.jit(do_not_specialize=["H", "num_chunks"])
     def _combine_kernel(
@@ -1145,14 +1164,19 @@ class _StateFn(torch.autograd.Function):
         z_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32)
         m_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32) if favor else None
         vs_part = torch.empty(bh, chunks, d, device=dev, dtype=torch.float32) if favor else None
-        _state_fwd_kernel[(nfb, chunks, bh)](
-            k, v, mask if mask is not None else k, plan.w if favor else k,
-            s_part, z_part, m_part if favor else s_part, vs_part if favor else s_part, s_part, s_part,
-            *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
-            heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E, _trig_table(plan, n, offset, k),
-            FEAT=plan.feat, HAS_MASK=mask is not None, ROW_W=False, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
-            IEEE=plan.ieee,
-        )
+        mask_arg, mask_stride = (mask, mask.stride(0)) if mask is not None else (k, 0)
+        if favor:
+            _favor_state_fwd_kernel[(nfb, chunks, bh)](
+                k, v, mask_arg, plan.w, s_part, z_part, m_part, vs_part,
+                *_strides(k), *_strides(v), mask_stride, heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E,
+                HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+            )
+        else:
+            _elu_cos_state_fwd_kernel[(chunks, bh)](
+                k, v, mask_arg, s_part, z_part, s_part, s_part,
+                *_strides(k), *_strides(v), mask_stride, heads, n, chunk_len, chunks, _trig_table(plan, n, offset, k),
+                FEAT=plan.feat, HAS_MASK=mask is not None, ROW_W=False, D=d, M=plan.m, IEEE=plan.ieee,
+            )
         count_t, count_s = _per_batch(count, batch, dev)
         if favor:
             # (bh,) in log2 units; NEG_BIG where this shard has no real key, so a MAX over shards ignores it
@@ -1191,19 +1215,23 @@ class _StateFn(torch.autograd.Function):
             return g.reshape(bh, *shape).to(torch.float32)
 
         # dS' = c/count·dS (in k's dtype: the kernel's product operand), dz' = c/count·dz and
-        # eps·Σ_f dS'_f, prepared once here rather than in each of the kernel's programs.
-        if count_t is None:
-            scale = torch.full((bh, 1), plan.c / ctx.count_s, device=k.device, dtype=torch.float32)
-        else:
-            scale = (plan.c / count_t).repeat_interleave(heads)[:, None]
-        ds = flat(ds, plan.m, d) * scale[:, :, None]
+        # eps·Σ_f dS'_f, prepared once here rather than in each of the kernel's programs. Scaled and
+        # rounded in one op (a scalar scale without a mask): each small op is a launch and a few µs.
+        scale = plan.c / ctx.count_s if count_t is None else (plan.c / count_t).repeat_interleave(heads)[:, None]
         dz = flat(dz, plan.m) * scale
+        ds = flat(ds, plan.m, d)
+        ds_scale = scale if count_t is None else scale[:, :, None]
+        if plan.feat == 0:
+            ds = ds * ds_scale
+            ds_in = ds.to(k.dtype)
+        else:
+            ds_in = torch.mul(ds, ds_scale, out=torch.empty(ds.shape, device=k.device, dtype=k.dtype))
         dk = torch.empty(batch, heads, n, d, device=k.device, dtype=k.dtype)
         dv = torch.empty(batch, heads, n, d, device=v.device, dtype=v.dtype)
         if plan.feat != 0 and not plan.ieee:  # elu/cos in bf16/fp16: programs walk chunks of keys
             chunk_len, chunks = _num_chunks(n, bh, k.device, ctx.chunk_tokens)
             _elu_cos_state_bwd_kernel[(chunks, bh)](
-                k, v, mask if mask is not None else k, ds.to(k.dtype), dz, dk, dv,
+                k, v, mask if mask is not None else k, ds_in, dz, dk, dv,
                 *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
                 heads, n, chunk_len, _trig_table(plan, n, ctx.offset, k),
                 FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, IEEE=plan.ieee,
@@ -1212,7 +1240,7 @@ class _StateFn(torch.autograd.Function):
             dvs = plan.eps * ds.sum(dim=1) if plan.feat == 0 else dz  # FAVOR+'s eps part; unread otherwise
             _state_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)](
                 k, v, mask if mask is not None else k, plan.w if plan.w is not None else k, key_max,
-                ds.to(k.dtype), dz, dvs, dk, dv,
+                ds_in, dz, dvs, dk, dv,
                 *_strides(k), *_strides(v), mask.stride(0) if mask is not None else 0,
                 heads, n, plan.half_norm_scale * LOG2E, _trig_table(plan, n, ctx.offset, k),
                 FEAT=plan.feat, HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
@@ -1302,12 +1330,10 @@ class _ReadoutFn(torch.autograd.Function):
                     FEAT=plan.feat, D=d, M=plan.m, IEEE=plan.ieee,
                 )
                 # dS = Σ φ(q_i)ᵀ·dO_i/den_i, dz = Σ φ(q_i)·dden_i: the state forward's reduction, weighted.
-                _state_fwd_kernel[(1, chunks, bh)](
-                    q, g, q, q, ds_part, dz_part, ds_part, ds_part, row_v, row_z,
-                    *_strides(q), *_strides(g), 0,
-                    heads, n, chunk_len, chunks, 0.0, trig,
-                    FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, BLOCK_M=plan.block_m_outer,
-                    IEEE=plan.ieee,
+                _elu_cos_state_fwd_kernel[(chunks, bh)](
+                    q, g, q, ds_part, dz_part, row_v, row_z, *_strides(q), *_strides(g), 0,
+                    heads, n, chunk_len, chunks, trig,
+                    FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, IEEE=plan.ieee,
                 )
         ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
         return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
