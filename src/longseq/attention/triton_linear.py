@@ -443,10 +443,15 @@ if HAVE_TRITON:
         start = chunk * chunk_len
         stop = tl.minimum(start + chunk_len, N)
         part = bh * num_chunks + chunk
+        # z is a product too: columns 0 and 1 of φᵀ·[w_hi, w_lo, 0, …], with w = 1 (or ROW_Z) split into two
+        # parts in v's dtype so that the weights keep fp32 precision; the features are the same rounded
+        # tiles as S's. Summing each tile's features instead (tl.sum over the tokens) made the cosFormer
+        # state forward 0.89 ms against 0.76 ms at 1M tokens on the H100.
+        c16 = tl.arange(0, 16)[None, :]
         acc = tl.zeros((D, D), dtype=tl.float32)
-        zacc = tl.zeros((D,), dtype=tl.float32)
+        zacc = tl.zeros((D, 16), dtype=tl.float32)
         acc2 = tl.zeros((D, D), dtype=tl.float32)  # cos: the sin half
-        zacc2 = tl.zeros((D,), dtype=tl.float32)
+        zacc2 = tl.zeros((D, 16), dtype=tl.float32)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
             ok = rows < stop
@@ -458,30 +463,29 @@ if HAVE_TRITON:
                 wv = tl.load(ROW_V + bh * N + rows, mask=ok, other=0.0)
                 wz = tl.load(ROW_Z + bh * N + rows, mask=ok, other=0.0)
                 v = (v.to(tl.float32) * wv[:, None]).to(v.dtype)
+            else:
+                wz = tl.full((BLOCK_N,), 1.0, tl.float32)
+            w_hi = wz.to(v.dtype).to(tl.float32)
+            zw = tl.where(c16 == 0, w_hi[:, None], tl.where(c16 == 1, (wz - w_hi)[:, None], 0.0)).to(v.dtype)
             xf = kt.to(tl.float32)
             if FEAT == 1:
-                pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0)
-                acc += _dot(pt.to(v.dtype), v, IEEE)
-                if ROW_W:
-                    pt = pt * wz[None, :]
-                zacc += tl.sum(pt, axis=1)
+                pt = tl.where(ok[None, :], tl.where(xf > 0, xf + 1.0, tl.exp(tl.minimum(xf, 0.0))), 0.0).to(v.dtype)
+                acc += _dot(pt, v, IEEE)
+                zacc += _dot(pt, zw, IEEE)
             else:
                 r = tl.where(ok[None, :], tl.maximum(xf, 0.0), 0.0)
-                pc = r * _trig(TRIG, 0, rows, ok, N, FEAT)[None, :]
-                ps = r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]
-                acc += _dot(pc.to(v.dtype), v, IEEE)
-                acc2 += _dot(ps.to(v.dtype), v, IEEE)
-                if ROW_W:
-                    pc = pc * wz[None, :]
-                    ps = ps * wz[None, :]
-                zacc += tl.sum(pc, axis=1)
-                zacc2 += tl.sum(ps, axis=1)
+                pc = (r * _trig(TRIG, 0, rows, ok, N, FEAT)[None, :]).to(v.dtype)
+                ps = (r * _trig(TRIG, 1, rows, ok, N, FEAT)[None, :]).to(v.dtype)
+                acc += _dot(pc, v, IEEE)
+                acc2 += _dot(ps, v, IEEE)
+                zacc += _dot(pc, zw, IEEE)
+                zacc2 += _dot(ps, zw, IEEE)
         fcols = tl.arange(0, D)
         tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
-        tl.store(Z_part + part * M + fcols, zacc)
+        tl.store(Z_part + part * M + fcols, tl.sum(tl.where(c16 < 2, zacc, 0.0), axis=1))
         if FEAT == 2:
             tl.store(S_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
-            tl.store(Z_part + part * M + D + fcols, zacc2)
+            tl.store(Z_part + part * M + D + fcols, tl.sum(tl.where(c16 < 2, zacc2, 0.0), axis=1))
 
     @triton.jit(do_not_specialize=["H", "num_chunks"])
     def _combine_kernel(
