@@ -274,6 +274,20 @@ def test_cached_kernel_rows_follow_redraws_and_new_modules():
     torch.testing.assert_close(triton_linear._favor_rows(spec(other), x), expected)
 
 
+def test_favor_state_forward_is_tuned_without_software_pipelining(monkeypatch):
+    # With pipelined loads its S differed from run to run on the H100 (Triton 3.6): every candidate,
+    # tuned or fixed, must run one stage; the other kernels keep their pipelined candidates.
+    from longseq.attention import triton_linear as tlin
+
+    for tune in ("1", "0"):
+        monkeypatch.setenv("LONGSEQ_TRITON_TUNE", tune)
+        favor = tlin._favor_state_fwd_kernel.candidates()
+        assert favor and all(c.num_stages == 1 for c in favor)
+        assert len({(tuple(sorted(c.kwargs.items())), c.num_warps) for c in favor}) == len(favor)
+    monkeypatch.setenv("LONGSEQ_TRITON_TUNE", "1")
+    assert any(c.num_stages > 1 for c in tlin._elu_cos_state_fwd_kernel.candidates())
+
+
 def test_kernels_run_with_autocast_off_and_skip_the_context_when_it_is_off():
     # The autograd functions must see autocast off (their dtypes are explicit); when it is already
     # off the context is skipped, saving host time before the first launch of an eager step.
