@@ -29,7 +29,10 @@ writes ``1/den`` and ``d den`` per query row (8 bytes), then the sequence reduct
 ``dS = Σ φ(q_i)ᵀ·dO_i/den_i``, ``dz = Σ φ(q_i)·d den_i`` (for cosFormer the state forward's kernel
 with per-row weights); for elu+1 in bf16/fp16 it is one pass that does both from one read of q and
 dO. Tile length, warps, pipeline depth and prefetching are chosen per (length, sizes, feature map)
-by timing each candidate (``_Tuned``); ``LONGSEQ_TRITON_TUNE=0`` fixes one configuration.
+by timing each candidate (``_Tuned``); ``LONGSEQ_TRITON_TUNE=0`` fixes one configuration. The FAVOR+
+state forward runs without software pipelining (``_TunedUnpipelined``): pipelined, its results
+varied from run to run on the H100. Every kernel is otherwise deterministic: no atomics, fixed
+summation orders.
 
 Numerics (DESIGN.md): accumulation in fp32 (``tl.dot`` with fp32 accumulators; feature tiles are
 rounded to the input dtype only as the operand of a tensor-core product, as flash attention does with
