@@ -276,6 +276,16 @@ if HAVE_TRITON:
         return X + (bh // H) * stride_b + (bh % H) * stride_h
 
     @triton.jit
+    def _key_chunk(K, V, MASK, bh, chunk, H, N, chunk_len, stride_kb, stride_kh, stride_vb, stride_vh, stride_mb):
+        """Where (batch, head) ``bh``'s keys, values and padding mask start, and the token range
+        [start, stop) of sequence chunk ``chunk``: the set-up of both state-forward kernels."""
+        k_base = _head_base(K, bh, H, stride_kb, stride_kh)
+        v_base = _head_base(V, bh, H, stride_vb, stride_vh)
+        mask_base = _head_base(MASK, bh, H, stride_mb, 0)
+        start = chunk * chunk_len
+        return k_base, v_base, mask_base, start, tl.minimum(start + chunk_len, N)
+
+    @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
         # fp32 operands (tests, fp32 training) keep full precision; bf16/fp16 go to the tensor cores.
         if IEEE:
@@ -405,12 +415,9 @@ if HAVE_TRITON:
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
-        k_base = _head_base(K, bh, H, stride_kb, stride_kh)
-        v_base = _head_base(V, bh, H, stride_vb, stride_vh)
-        mask_base = _head_base(MASK, bh, H, stride_mb, 0)
+        k_base, v_base, mask_base, start, stop = _key_chunk(K, V, MASK, bh, chunk, H, N, chunk_len, stride_kb,
+                                                            stride_kh, stride_vb, stride_vh, stride_mb)
         cols = tl.arange(0, D)
-        start = chunk * chunk_len
-        stop = tl.minimum(start + chunk_len, N)
         part = bh * num_chunks + chunk
         fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D), loaded once
@@ -456,12 +463,9 @@ if HAVE_TRITON:
         # k = q, v = dO.
         chunk = tl.program_id(0)
         bh = tl.program_id(1)
-        k_base = _head_base(K, bh, H, stride_kb, stride_kh)
-        v_base = _head_base(V, bh, H, stride_vb, stride_vh)
-        mask_base = _head_base(MASK, bh, H, stride_mb, 0)
+        k_base, v_base, mask_base, start, stop = _key_chunk(K, V, MASK, bh, chunk, H, N, chunk_len, stride_kb,
+                                                            stride_kh, stride_vb, stride_vh, stride_mb)
         cols = tl.arange(0, D)
-        start = chunk * chunk_len
-        stop = tl.minimum(start + chunk_len, N)
         part = bh * num_chunks + chunk
         # z is a product too: columns 0 and 1 of φᵀ·[w_hi, w_lo, 0, …], with w = 1 (or ROW_Z) split into two
         # parts in v's dtype so that the weights keep fp32 precision; the features are the same rounded
