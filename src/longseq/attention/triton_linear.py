@@ -43,7 +43,7 @@ in the kernels); stabilisers:
   program keeps a running max per feature over its chunk and rescales that feature's sums when it
   grows (flash attention's online softmax, per row); the combine kernel rescales every partial to
   the overall max. The stabiliser cancels in the ratio, so this is exact. The ``eps`` term is kept
-  apart (``eps·Σv``, ``eps·n``) because it must not be rescaled. Under sequence parallelism the max
+  apart (``eps·Σv``, ``eps·n``) because it must not be rescaled; ``Σv`` is one PyTorch reduction. Under sequence parallelism the max
   is MAX-reduced over shards (``key_max_reduce``) before the combine;
 - queries: the per-row max over features, found online across feature blocks in the read-out and
   saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
@@ -96,6 +96,9 @@ NEG_BIG = -1.0e30  # "minus infinity" that stays finite, so exp(a − b) of two 
 # Tokens per chunk of the sequence reductions when a call does not say; None = enough chunks to fill
 # the device. Tests set it to force several chunks at small sizes.
 DEFAULT_CHUNK_TOKENS: int | None = None
+# Tokens per program of the FAVOR+ Σv pass (_value_sum_kernel; 2048 programs at 1M tokens and 8 heads)
+# and per load; in the interpreter several blocks of several loads per test sequence.
+VALUE_SUM_ROWS, VALUE_SUM_BLOCK = (64, 32) if interpreter_on() else (4096, 256)
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,7 @@ if HAVE_TRITON:
                 _trig(TRIG, h, rows, ok, N, 2))
 
     @triton.jit
-    def _favor_state_tile(acc, zacc, m_run, vsum, w, k_base, v_base, mask_base, rows, stop, cols,
+    def _favor_state_tile(acc, zacc, m_run, w, k_base, v_base, mask_base, rows, stop, cols,
                           stride_kn, stride_vn, half_norm_scale,
                           MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr):
         # Flash attention's forward with the roles turned: the feature rows of W are the "queries",
@@ -378,18 +381,12 @@ if HAVE_TRITON:
             pt = tl.where(ok[None, :], pt, 0.0)
         acc = acc * alpha[:, None] + _dot(pt.to(v.dtype), v, IEEE)
         zacc = zacc * alpha + tl.sum(pt, axis=1)
-        # Σv (the eps term) as a product too: row 0 of [1 0 … 0]ᵀ·v, 16 rows being the least a product
-        # takes. H100, 1M tokens: summed in registers under a branch on the first feature block, the
-        # kernel ran 2.57 ms (1.47 without Σv) and, software-pipelined, S differed from run to run; a
-        # separate pass over v cost 0.38 ms (v is 1 GiB there); this product about 0.1 ms.
-        first = tl.broadcast_to(tl.arange(0, 16)[:, None] == 0, (16, rows.shape[0]))
-        vsum = _dot(tl.where(first, 1.0, 0.0).to(v.dtype), v, IEEE) + vsum
-        return acc, zacc, m_new, vsum
+        return acc, zacc, m_new
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
     def _favor_state_fwd_kernel(
-        K, V, MASK, W, S_part, Z_part, M_part, VS_part,
+        K, V, MASK, W, S_part, Z_part, M_part,
         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
         H, N, chunk_len, num_chunks, half_norm_scale,
         HAS_MASK: tl.constexpr, D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -397,7 +394,10 @@ if HAVE_TRITON:
     ):
         # One program per (feature block, sequence chunk, batch·head) writes the partial sums of its
         # chunk. Feature block is the fastest grid axis, so the programs that read the same keys run
-        # together and share them through L2.
+        # together and share them through L2. Nothing but the products' work is in the loop: Σv (the eps
+        # term) summed in here, on the programs of the first feature block, cost 1 ms at 1M tokens on the
+        # H100 (2.57 against 1.50 ms) and, pipelined, made S differ from run to run; _value_sum_kernel
+        # takes it.
         fb = tl.program_id(0)
         chunk = tl.program_id(1)
         bh = tl.program_id(2)
@@ -410,25 +410,46 @@ if HAVE_TRITON:
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
         m_run = tl.full((BLOCK_M,), _NEG, tl.float32)
-        vsum = tl.zeros((16, D), dtype=tl.float32)  # row 0: Σv over the chunk's real keys
         # Whole tiles without any masking, then the ragged tail (or every tile under a mask).
         if HAS_MASK:
             full_stop = start
         else:
             full_stop = start + (stop - start) // BLOCK_N * BLOCK_N
         for row0 in range(start, full_stop, BLOCK_N):
-            acc, zacc, m_run, vsum = _favor_state_tile(
-                acc, zacc, m_run, vsum, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+            acc, zacc, m_run = _favor_state_tile(
+                acc, zacc, m_run, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
                 cols, stride_kn, stride_vn, half_norm_scale, False, HAS_MASK, IEEE)
         for row0 in range(full_stop, stop, BLOCK_N):
-            acc, zacc, m_run, vsum = _favor_state_tile(
-                acc, zacc, m_run, vsum, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
+            acc, zacc, m_run = _favor_state_tile(
+                acc, zacc, m_run, w, k_base, v_base, mask_base, row0 + tl.arange(0, BLOCK_N), stop,
                 cols, stride_kn, stride_vn, half_norm_scale, True, HAS_MASK, IEEE)
         tl.store(S_part + part * M * D + fcols[:, None] * D + cols[None, :], acc)
         tl.store(Z_part + part * M + fcols, zacc)
         tl.store(M_part + part * M + fcols, m_run)
-        if fb == 0:
-            tl.store(VS_part + part * D + cols, tl.sum(vsum, axis=0))
+
+    @triton.jit(do_not_specialize=_LENGTHS)
+    def _value_sum_kernel(
+        V, MASK, VS_part, stride_vb, stride_vh, stride_vn, stride_mb, H, N,
+        HAS_MASK: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        # Σ v_j over the real keys among ROWS tokens (FAVOR+'s eps term), fp32, one program per (block of
+        # ROWS, batch·head); the combine kernel sums the blocks. Memory-bound, so many short programs with
+        # large loads: one program per state chunk waited on every load (0.8 ms at 1M tokens on the H100),
+        # as did torch's sum over the sequence axis (0.5 ms).
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        v_base = _head_base(V, bh, H, stride_vb, stride_vh)
+        mask_base = _head_base(MASK, bh, H, stride_mb, 0)
+        cols = tl.arange(0, D)
+        acc = tl.zeros((D,), dtype=tl.float32)
+        for r in range(0, ROWS, BLOCK_N):
+            rows = blk * ROWS + r + tl.arange(0, BLOCK_N)
+            ok = rows < N
+            if HAS_MASK:
+                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
+            acc += tl.sum(v.to(tl.float32), axis=0)
+        tl.store(VS_part + (bh * tl.num_programs(0) + blk) * D + cols, acc)
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
@@ -497,10 +518,10 @@ if HAVE_TRITON:
             tl.store(S_part + part * M * D + (D + fcols[:, None]) * D + cols[None, :], acc2)
             tl.store(Z_part + part * M + D + fcols, tl.sum(tl.where(c16 < 2, zacc2, 0.0), axis=1))
 
-    @triton.jit(do_not_specialize=["H", "num_chunks"])
+    @triton.jit(do_not_specialize=["H", "num_chunks", "num_vs"])
     def _combine_kernel(
         S_part, Z_part, M_part, VS_part, KMAX, COUNT, NREAL, S, Z,
-        H, num_chunks, count_s, nreal_s, eps, c,
+        H, num_chunks, num_vs, count_s, nreal_s, eps, c,
         RESCALE: tl.constexpr, FAVOR_EPS: tl.constexpr, PER_BATCH: tl.constexpr,
         D: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -508,8 +529,8 @@ if HAVE_TRITON:
         # (BLOCK_C, BLOCK_M, D) load, then a sum over the chunk axis: the loads of a step are in flight
         # together; one chunk per step left the kernel waiting on memory, 25-42 µs at 1M tokens for a
         # few MiB). Fixed order, so deterministic. RESCALE: each partial is rescaled from its own
-        # per-feature max to the key max KMAX (FAVOR+). Then the FAVOR+ eps part (c·eps·Σv, c·eps·n)
-        # and the division by the real-token count.
+        # per-feature max to the key max KMAX (FAVOR+). Then the FAVOR+ eps part (c·eps·Σv, c·eps·n;
+        # Σv from the num_vs blocks of _value_sum_kernel) and the division by the real-token count.
         fb = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -517,7 +538,6 @@ if HAVE_TRITON:
         fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
         zacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        vacc = tl.zeros((D,), dtype=tl.float32)
         if RESCALE:
             kmax = tl.load(KMAX + bh)
         for c0 in range(0, num_chunks, BLOCK_C):
@@ -536,9 +556,6 @@ if HAVE_TRITON:
                 z = z * scale
             acc += tl.sum(s, axis=0)
             zacc += tl.sum(z, axis=0)
-            if FAVOR_EPS:
-                vacc += tl.sum(tl.load(VS_part + part[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0),
-                               axis=0)
         if PER_BATCH:
             count = tl.load(COUNT + b)
             nreal = tl.load(NREAL + b)
@@ -546,6 +563,11 @@ if HAVE_TRITON:
             count = count_s
             nreal = nreal_s
         if FAVOR_EPS:
+            vacc = tl.zeros((D,), dtype=tl.float32)
+            for c0 in range(0, num_vs, BLOCK_C):
+                blk = c0 + tl.arange(0, BLOCK_C)
+                vacc += tl.sum(tl.load(VS_part + (bh * num_vs + blk)[:, None] * D + cols[None, :],
+                                       mask=(blk < num_vs)[:, None], other=0.0), axis=0)
             acc = c * (acc + eps * vacc[None, :])
             zacc = c * (zacc + eps * nreal)
         tl.store(S + bh * M * D + fcols[:, None] * D + cols[None, :], acc / count)
@@ -1138,10 +1160,11 @@ def _per_batch(count: torch.Tensor | float, batch: int, device: torch.device) ->
 
 def _combine(parts: tuple, bh: int, heads: int, m: int, d: int, device: torch.device, *, kmax=None,
              count=None, count_s: float = 1.0, nreal=None, nreal_s: float = 1.0, eps: float = 0.0,
-             c: float = 1.0, favor_eps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the chunks' partial states (``parts`` = (S_part, Z_part, M_part | None, VS_part | None)) in
-    one launch; see ``_combine_kernel``."""
-    s_part, z_part, m_part, vs_part = parts
+             c: float = 1.0, vs_part=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the chunks' partial states (``parts`` = (S_part, Z_part, M_part | None)) in one launch; with
+    ``vs_part`` (blocks' Σv over real keys, (bh, blocks, d) fp32) it adds the FAVOR+ eps part; see
+    ``_combine_kernel``."""
+    s_part, z_part, m_part = parts
     chunks = s_part.shape[1]
     s = torch.empty(bh, m, d, device=device, dtype=torch.float32)
     z = torch.empty(bh, m, device=device, dtype=torch.float32)
@@ -1154,8 +1177,8 @@ def _combine(parts: tuple, bh: int, heads: int, m: int, d: int, device: torch.de
         s_part, z_part, m_part if m_part is not None else s_part, vs_part if vs_part is not None else s_part,
         kmax if kmax is not None else s_part, count if count is not None else s_part,
         nreal if nreal is not None else s_part, s, z,
-        heads, chunks, count_s, nreal_s, eps, c,
-        RESCALE=kmax is not None, FAVOR_EPS=favor_eps, PER_BATCH=count is not None, D=d, M=m, BLOCK_M=block,
+        heads, chunks, vs_part.shape[1] if vs_part is not None else 0, count_s, nreal_s, eps, c,
+        RESCALE=kmax is not None, FAVOR_EPS=vs_part is not None, PER_BATCH=count is not None, D=d, M=m, BLOCK_M=block,
         BLOCK_C=block_c,
     )
     return s, z
@@ -1177,13 +1200,17 @@ class _StateFn(torch.autograd.Function):
         s_part = torch.empty(bh, chunks, plan.m, d, device=dev, dtype=torch.float32)
         z_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32)
         m_part = torch.empty(bh, chunks, plan.m, device=dev, dtype=torch.float32) if favor else None
-        vs_part = torch.empty(bh, chunks, d, device=dev, dtype=torch.float32) if favor else None
         mask_arg, mask_stride = (mask, mask.stride(0)) if mask is not None else (k, 0)
         if favor:
             _favor_state_fwd_kernel[(nfb, chunks, bh)](
-                k, v, mask_arg, plan.w, s_part, z_part, m_part, vs_part,
+                k, v, mask_arg, plan.w, s_part, z_part, m_part,
                 *_strides(k), *_strides(v), mask_stride, heads, n, chunk_len, chunks, plan.half_norm_scale * LOG2E,
                 HAS_MASK=mask is not None, D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
+            )
+            vs_part = torch.empty(bh, triton.cdiv(n, VALUE_SUM_ROWS), d, device=dev, dtype=torch.float32)
+            _value_sum_kernel[(vs_part.shape[1], bh)](
+                v, mask_arg, vs_part, *_strides(v), mask_stride, heads, n,
+                HAS_MASK=mask is not None, D=d, ROWS=VALUE_SUM_ROWS, BLOCK_N=VALUE_SUM_BLOCK, num_warps=8,
             )
         else:
             _elu_cos_state_fwd_kernel[(chunks, bh)](
@@ -1204,12 +1231,12 @@ class _StateFn(torch.autograd.Function):
                     nreal_t = torch.full((batch,), float(n), device=dev, dtype=torch.float32)
                 if count_t is None:
                     count_t = torch.full((batch,), count_s, device=dev, dtype=torch.float32)
-            s, z = _combine((s_part, z_part, m_part, vs_part), bh, heads, plan.m, d, dev, kmax=key_max,
+            s, z = _combine((s_part, z_part, m_part), bh, heads, plan.m, d, dev, kmax=key_max,
                             count=count_t, count_s=count_s, nreal=nreal_t, nreal_s=float(n), eps=plan.eps,
-                            c=plan.c, favor_eps=True)
+                            c=plan.c, vs_part=vs_part)
         else:
             key_max = torch.empty(bh, device=dev, dtype=torch.float32)  # unused: no stabiliser
-            s, z = _combine((s_part, z_part, None, None), bh, heads, plan.m, d, dev, count=count_t, count_s=count_s)
+            s, z = _combine((s_part, z_part, None), bh, heads, plan.m, d, dev, count=count_t, count_s=count_s)
         ctx.save_for_backward(k, v, mask, key_max, count_t)
         ctx.plan, ctx.offset, ctx.count_s, ctx.chunk_tokens = plan, offset, count_s, chunk_tokens
         ctx.mark_non_differentiable(key_max)
@@ -1349,7 +1376,7 @@ class _ReadoutFn(torch.autograd.Function):
                     heads, n, chunk_len, chunks, trig,
                     FEAT=plan.feat, HAS_MASK=False, ROW_W=True, D=d, M=plan.m, IEEE=plan.ieee,
                 )
-        ds, dz = _combine((ds_part, dz_part, None, None), bh, heads, plan.m, d, q.device)
+        ds, dz = _combine((ds_part, dz_part, None), bh, heads, plan.m, d, q.device)
         return dq, ds.view(ctx.s_shape), dz.view(ctx.z_shape), None, None, None
 
 
