@@ -261,6 +261,14 @@ if HAVE_TRITON:
         return X + (bh // H) * stride_b + (bh % H) * stride_h
 
     @triton.jit
+    def _real_rows(mask_base, rows, stop, HAS_MASK: tl.constexpr):
+        """Which ``rows`` are real tokens: before ``stop`` and, with a padding mask, not padding."""
+        ok = rows < stop
+        if HAS_MASK:
+            ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+        return ok
+
+    @triton.jit
     def _key_chunk(K, V, MASK, bh, chunk, H, N, chunk_len, stride_kb, stride_kh, stride_vb, stride_vh, stride_mb):
         """Where (batch, head) ``bh``'s keys, values and padding mask start, and the token range
         [start, stop) of sequence chunk ``chunk``: the set-up of both state-forward kernels."""
@@ -361,9 +369,7 @@ if HAVE_TRITON:
         # keys the "keys", v the values; the running max is per feature (row of the tile), so the
         # rescale stays within a row. Logits are in log2 units (W and the norm scale carry log2 e).
         if MASKED:
-            ok = rows < stop
-            if HAS_MASK:
-                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            ok = _real_rows(mask_base, rows, stop, HAS_MASK)
             k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=ok[:, None], other=0.0)
             v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
         else:
@@ -444,9 +450,7 @@ if HAVE_TRITON:
         acc = tl.zeros((D,), dtype=tl.float32)
         for r in range(0, ROWS, BLOCK_N):
             rows = blk * ROWS + r + tl.arange(0, BLOCK_N)
-            ok = rows < N
-            if HAS_MASK:
-                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            ok = _real_rows(mask_base, rows, N, HAS_MASK)
             v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
             acc += tl.sum(v.to(tl.float32), axis=0)
         tl.store(VS_part + (bh * tl.num_programs(0) + blk) * D + cols, acc)
@@ -485,9 +489,7 @@ if HAVE_TRITON:
         zacc2 = tl.zeros((D, 16), dtype=tl.float32)
         for row0 in range(start, stop, BLOCK_N):
             rows = row0 + tl.arange(0, BLOCK_N)
-            ok = rows < stop
-            if HAS_MASK:
-                ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+            ok = _real_rows(mask_base, rows, stop, HAS_MASK)
             kt = tl.load(k_base + rows[None, :] * stride_kn + cols[:, None], mask=ok[None, :], other=0.0)
             v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
             if ROW_W:
@@ -869,9 +871,7 @@ if HAVE_TRITON:
         """k and v tiles of the rows from ``row0`` (zeros for padding and rows past ``stop``) and which
         rows are real keys."""
         rows = row0 + tl.arange(0, BLOCK_N)
-        ok = rows < stop
-        if HAS_MASK:
-            ok = ok & (tl.load(mask_base + rows, mask=ok, other=0) != 0)
+        ok = _real_rows(mask_base, rows, stop, HAS_MASK)
         k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=ok[:, None], other=0.0)
         return k, v, ok
