@@ -606,22 +606,22 @@ if HAVE_TRITON:
             dv = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            kmax = tl.load(KMAX + bh)
-            half_norm = tl.sum(kf * kf, axis=1) * half_norm_scale
+            # −‖k'‖²/2 and the key max in one per-row offset: one subtraction per (token, feature).
+            row_off = tl.sum(kf * kf, axis=1) * half_norm_scale + tl.load(KMAX + bh)
             for fb in range(M // BLOCK_M):
                 fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
                 ds_in = tl.load(DS + bh * M * D + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
                 dz = tl.load(DZ + bh * M + fcols)
                 w = tl.load(W + fcols[:, None] * D + cols[None, :])  # (BLOCK_M, D)
-                lt = _dot(k, tl.trans(w), IEEE) - half_norm[:, None]
-                # Padded rows are zeroed keys whose logits may exceed the max: clamp, then zero them.
-                core = tl.where(ok[:, None], tl.exp2(tl.minimum(lt - kmax, 0.0)), 0.0)
+                # Padded rows are zeroed keys whose logits may exceed the max: clamped, so they stay
+                # finite. Every product here is row by row, so their rows are zeroed once, at the end.
+                core = tl.exp2(tl.minimum(_dot(k, tl.trans(w), IEEE) - row_off[:, None], 0.0))
                 dv += _dot(core.to(v.dtype), ds_in, IEEE)
                 dl = (_dot(v, tl.trans(ds_in), IEEE) + dz[None, :]) * core
                 dx += _dot(dl.to(w.dtype), w, IEEE)
                 dl_rows += tl.sum(dl, axis=1)
             # W carries log2 e (ln 2 undoes it); the −‖k'‖²/2 term contributes −Σ_f dl_f·k/√d.
-            dx = dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf
+            dx = tl.where(ok[:, None], dx * _LN2 - dl_rows[:, None] * (2.0 * _LN2 * half_norm_scale) * kf, 0.0)
             dv = tl.where(ok[:, None], dv + tl.load(DVS + bh * D + cols)[None, :], 0.0)
         elif FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
             r = tl.where(ok[:, None], tl.maximum(kf, 0.0), 0.0)
@@ -713,38 +713,50 @@ if HAVE_TRITON:
     @triton.jit
     def _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N):
         """Read-out backward per query row from dO, the output and the saved denominator (``io``: the
-        tile's offsets): returns d num = dO/den and d den = −dO·out/den (0 where the clamp was active),
-        and writes 1/den and d den, the per-row weights of the dS/dz reduction."""
+        tile's offsets): returns d num = dO/den, d den = −dO·out/den (0 where the clamp was active)
+        and dO·out where the clamp was active (else 0), and writes 1/den and d den, the per-row
+        weights of the dS/dz reduction."""
         g = tl.load(G + io, mask=inside[:, None], other=0.0).to(tl.float32)
         o = tl.load(OUT + io, mask=inside[:, None], other=0.0).to(tl.float32)
         den = tl.load(DEN + bh * N + rows, mask=inside, other=1.0)
         rden = 1.0 / tl.maximum(den, _FLOOR)
-        dden = tl.where(den < _FLOOR, 0.0, -tl.sum(g * o, axis=1) * rden)
+        go = tl.sum(g * o, axis=1)
+        clamped = den < _FLOOR
+        dden = tl.where(clamped, 0.0, -go * rden)
         tl.store(ROW_V + bh * N + rows, rden, mask=inside)
         tl.store(ROW_Z + bh * N + rows, dden, mask=inside)
-        return g * rden[:, None], dden
+        return g * rden[:, None], dden, tl.where(clamped, go, 0.0)
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _favor_readout_bwd_dq_kernel(
-        Q, W, S, Z, G, OUT, DEN, MROW, DQ, ROW_V, ROW_Z,
+        Q, W, S, Z, SCOL, ZSUM, G, OUT, DEN, MROW, DQ, ROW_V, ROW_Z,
         stride_qb, stride_qh, stride_qn,
         H, N,
-        half_norm_scale, c,
+        half_norm_scale, eps, c,
         D: tl.constexpr, M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     ):
         # num_i = Σ_f φ_if S_f, den_i = Σ_f φ_if z_f with φ = c·(core + eps):
         # d core_if = c·(S_f·dnum_i + z_f·dden_i), dl = d core·core. Also writes 1/den_i and dden_i per
         # row for the dS/dz reduction (_favor_readout_bwd_dstate_kernel), which then need not read out.
+        # Σ_f dl_if (the gradient of the row's −‖q'‖²/2 term) needs no sum over features: it is
+        # dnum·(num − c·eps·ΣS) + dden·(den − c·eps·Σz), and dnum·num + dden·den = dO·out − dO·out = 0
+        # unless the clamp was active (then dden = 0 and dO·out is left), so
+        # Σ_f dl_if = −c·eps·(dnum·ΣS + dden·Σz) [+ dO·out if clamped]: the output does not change
+        # when a row's features all scale alike, except through eps. Exact, and without the
+        # cancellation of the summed form; one add per (token, feature) less in the loop.
         bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
+        dnum, dden, go_clamped = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
+        dl_rows = go_clamped - (c * eps) * (tl.sum(dnum * tl.load(SCOL + bh * D + cols)[None, :], axis=1)
+                                            + dden * tl.load(ZSUM + bh))
         m_row = tl.load(MROW + bh * N + rows, mask=inside, other=0.0)
         dnum_in = (c * dnum).to(q.dtype)
         dden = c * dden
-        dx = tl.zeros((BLOCK_N, D), dtype=tl.float32)
-        dl_rows = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        # W carries log2 e (the final ·ln 2 undoes it); the −‖q'‖²/2 term contributes −Σ_f dl_f·q/√d,
+        # put in the accumulator's start so that nothing but dx lives through the loop.
+        dx = dl_rows[:, None] * (-2.0 * half_norm_scale / _LN2) * q.to(tl.float32)
         for fb in range(M // BLOCK_M):
             fcols = fb * BLOCK_M + tl.arange(0, BLOCK_M)
             w = tl.load(W + fcols[:, None] * D + cols[None, :])
@@ -753,8 +765,7 @@ if HAVE_TRITON:
             core = tl.exp2(_dot(q, tl.trans(w), IEEE) - m_row[:, None])
             dl = (_dot(dnum_in, tl.trans(s), IEEE) + dden[:, None] * z[None, :]) * core
             dx += _dot(dl.to(w.dtype), w, IEEE)
-            dl_rows += tl.sum(dl, axis=1)
-        dx = dx * _LN2 - dl_rows[:, None] * (2.0 * half_norm_scale) * q.to(tl.float32)
+        dx = dx * _LN2
         tl.store(DQ + io, dx.to(DQ.dtype.element_ty), mask=inside[:, None])
 
     @triton.jit
@@ -810,7 +821,8 @@ if HAVE_TRITON:
                                                                      N, cols, BLOCK_N)
             else:
                 g, rv, dden, m_row = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0, stop, N, cols, BLOCK_N)
-            pt = c * (tl.exp2(_dot(w, tl.trans(q), IEEE) - m_row[None, :]) + eps)  # (BLOCK_M, BLOCK_N)
+            # c·(core + eps) as one fused multiply-add per (feature, token)
+            pt = tl.exp2(_dot(w, tl.trans(q), IEEE) - m_row[None, :]) * c + c * eps  # (BLOCK_M, BLOCK_N)
             dnum = (g.to(tl.float32) * rv[:, None]).to(q.dtype)
             acc += _dot(pt.to(q.dtype), dnum, IEEE)
             zacc += tl.sum(pt * dden[None, :], axis=1)
@@ -834,7 +846,7 @@ if HAVE_TRITON:
         # row, so that dS, dz are the state forward's reduction with per-row weights (ROW_W).
         bh, rows, inside, cols, q = _query_tile(Q, stride_qb, stride_qh, stride_qn, H, N, D, BLOCK_N)
         io = bh * N * D + rows[:, None] * D + cols[None, :]
-        dnum, dden = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
+        dnum, dden, _ = _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N)
         dnum_in = dnum.to(Q.dtype.element_ty)
         xf = q.to(tl.float32)
         if FEAT == 2 and IEEE:  # fp32: one half at a time (_cos_half)
@@ -1323,7 +1335,7 @@ class _ReadoutFn(torch.autograd.Function):
             )
         # The backward reads the output and the denominator back (4 bytes a row; the output is
         # usually alive anyway, as the input of the next layer's projection) rather than rebuild them.
-        ctx.save_for_backward(q, s_in, z, out, den, *([m_row] if favor else []))
+        ctx.save_for_backward(q, s_in, z, out, den, *([m_row, scol, zsum] if favor else []))
         ctx.plan, ctx.chunk_tokens, ctx.offset = plan, chunk_tokens, offset
         ctx.s_shape, ctx.z_shape = (batch, heads, plan.m, d), (batch, heads, plan.m)
         return out
@@ -1332,7 +1344,7 @@ class _ReadoutFn(torch.autograd.Function):
     def backward(ctx, g):  # noqa: ANN001, ANN205
         plan = ctx.plan
         # Unpacked once: under activation checkpointing each saved tensor may be unpacked only once.
-        q, s, z, out, den, *m_row = ctx.saved_tensors
+        q, s, z, out, den, *favor_rows = ctx.saved_tensors
         batch, heads, n, d = q.shape
         bh = batch * heads
         g = g.contiguous()
@@ -1353,13 +1365,14 @@ class _ReadoutFn(torch.autograd.Function):
             row_z = torch.empty(bh, n, device=q.device, dtype=torch.float32)
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), bh)  # noqa: E731
             if favor:
+                m_row, scol, zsum = favor_rows
                 _favor_readout_bwd_dq_kernel[grid](
-                    q, plan.w, s, z, g, out, den, m_row[0], dq, row_v, row_z,
-                    *_strides(q), heads, n, plan.half_norm_scale, plan.c,
+                    q, plan.w, s, z, scol, zsum, g, out, den, m_row, dq, row_v, row_z,
+                    *_strides(q), heads, n, plan.half_norm_scale, plan.eps, plan.c,
                     D=d, M=plan.m, BLOCK_M=plan.block_m, IEEE=plan.ieee,
                 )
                 _favor_readout_bwd_dstate_kernel[(nfb, chunks, bh)](
-                    q, plan.w, g, m_row[0], row_v, row_z, ds_part, dz_part,
+                    q, plan.w, g, m_row, row_v, row_z, ds_part, dz_part,
                     *_strides(q), heads, n, chunk_len, chunks, plan.eps, plan.c,
                     D=d, M=plan.m, BLOCK_M=plan.block_m_outer, IEEE=plan.ieee,
                 )
