@@ -137,6 +137,28 @@ def checkpointed_error(device: str) -> float:
     return worst
 
 
+def negative_logits_error(device: str) -> float:
+    """FAVOR+ with 48 features (padded to 64 in the one-block read-out forward) where every query
+    logit is negative: a padded feature left at logit 0 would become the row max and change the eps
+    term's weight. Largest relative error of the output and q's gradient against the reference."""
+    q, k, v, go, mask = inputs(1, 2, 90, 16, False, 11, device, torch.float32)
+    gen = torch.Generator(device="cpu").manual_seed(12)
+    proj = torch.randn(48, 16, generator=gen).abs().to(device)  # positive rows ...
+    q = (-3 * q.detach().abs()).requires_grad_()  # ... against negative queries: w·q < 0 everywhere
+    errors = []
+    outs = {}
+    for impl in ("torch", "triton"):
+        kernel = build("performer", {"num_features": 48, "eps": 1e-3}, impl, 16, 90).to(device)
+        kernel.projection.copy_(proj)
+        qi, ki, vi = (x.detach().double() if impl == "torch" else x.detach() for x in (q, k, v))
+        qi.requires_grad_()
+        out = kernel(qi, ki, vi, mask)
+        outs[impl] = (out, torch.autograd.grad(out, qi, go.to(out.dtype))[0])
+    for a, b in zip(outs["triton"], outs["torch"], strict=True):
+        errors.append(float((a.double() - b).abs().max() / b.abs().max()))
+    return max(errors)
+
+
 def combine_error(device: str) -> float:
     """The partial-state combine with more chunks than it sums per step (a ragged last step), every
     option on (per-chunk rescale to the key max, a chunk with no real key, the FAVOR+ eps part,
@@ -177,6 +199,7 @@ def tensor_core_path_errors() -> dict:
     triton_linear._plan = lambda spec, x: dataclasses.replace(plan(spec, x), ieee=False)
     try:
         errors = {f"{case[0]}_tc": relative_errors(case, "cpu", torch.float32, 2, CHUNK) for case in CASES}
+        errors["favor_negative_logits_tc"] = [negative_logits_error("cpu")]
         # The interpreter's configuration prefetches; once more without.
         triton_linear._configs = lambda loop: [
             triton.Config({"BLOCK_N": 32, "PREFETCH": 0} if loop else {"BLOCK_N": 64}, num_warps=4, num_stages=1)
@@ -218,6 +241,10 @@ def test_interpreter_matches_torch(interpreted, name):
     assert out_err < 1e-5, f"{name}: forward relative error {out_err:.2e}"
     for which, err in zip("qkv", grad_errs, strict=True):
         assert err < 1e-5, f"{name}: d{which} relative error {err:.2e}"
+
+
+def test_interpreter_favor_read_out_with_every_logit_negative(interpreted):
+    assert interpreted["favor_negative_logits_tc"][0] < 1e-5
 
 
 def test_interpreter_sharded_state_with_key_max_reduce(interpreted):
