@@ -22,7 +22,9 @@ the stabiliser rescale, so that a single 1M-token sequence still fills every SM.
 forward is flash attention's forward with the roles turned (the W rows of a feature block are the
 "queries", loaded once; keys and values stream past). The read-out and the key-side backward are
 independent per token. FAVOR+ (and every fp32 path): one program per (token tile, batch·head),
-looping over feature blocks. elu/cos in bf16/fp16: one program per (sequence chunk, batch·head)
+looping over feature blocks, except the FAVOR+ read-out forward in bf16/fp16 (up to
+``FAVOR_ONE_BLOCK`` features): one program per (sequence chunk, batch·head) with W and S loaded once
+and every feature in one block. elu/cos in bf16/fp16: one program per (sequence chunk, batch·head)
 walks the chunk's tiles with the state loaded once, prefetching the next tile into registers
 (Triton does not pipeline these loads). The read-out backward is a per-tile ``dq`` kernel, which also
 writes ``1/den`` and ``d den`` per query row (8 bytes), then the sequence reduction
@@ -45,8 +47,8 @@ in the kernels); stabilisers:
   the overall max. The stabiliser cancels in the ratio, so this is exact. The ``eps`` term is kept
   apart (``eps·Σv``, ``eps·n``) because it must not be rescaled (``Σv``: ``_value_sum_kernel``). Under
   sequence parallelism the max is MAX-reduced over shards (``key_max_reduce``) before the combine;
-- queries: the per-row max over features, found online across feature blocks in the read-out and
-  saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
+- queries: the per-row max over features (found online across feature blocks in the per-tile
+  read-out; exact in one step in the one-block read-out), saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
   constant per row and cancels against it, so it is not computed; its gradient term is kept.
 
 Backward recomputes every feature tile; what is kept is q, k, v, the small states, the output and one
@@ -725,8 +727,8 @@ if HAVE_TRITON:
         # (sequence chunk, batch·head) loads W and S once and walks the chunk's query tiles, every
         # feature in one block (MP = M rounded up to a power of two, the extra features masked out), so
         # the row max is exact at once (no online rescale) and only q's tiles stream through the loop.
-        # H100, 1M tokens: 1.48-1.54 ms against 1.88 ms for the per-tile kernel, which reloads W and S
-        # (64 KiB) from L2 for every 64-token tile. The backward kernels did not gain from this shape:
+        # H100, 1M tokens: 1.58-1.61 ms against 1.93-2.02 ms for the per-tile kernel, which reloads W and
+        # S (64 KiB) from L2 for every 64-token tile. The backward kernels did not gain from this shape:
         # with all features in one block the dq kernel spills ~900 bytes, and with the feature blocks
         # unrolled in a chunk loop dq and the state backward ran slower (4.1 and 3.3 ms against 2.5, 3.0).
         chunk = tl.program_id(0)
