@@ -48,8 +48,9 @@ in the kernels); stabilisers:
   apart (``eps·Σv``, ``eps·n``) because it must not be rescaled (``Σv``: ``_value_sum_kernel``). Under
   sequence parallelism the max is MAX-reduced over shards (``key_max_reduce``) before the combine;
 - queries: the per-row max over features (found online across feature blocks in the per-tile
-  read-out; exact in one step in the one-block read-out), saved per row (4 bytes) so the backward rebuilds identical features. The ``−‖q'‖²/2`` term is
-  constant per row and cancels against it, so it is not computed; its gradient term is kept.
+  read-out; exact in one step in the one-block read-out), saved per row (4 bytes) so the backward
+  rebuilds identical features. The ``−‖q'‖²/2`` term is constant per row and cancels against it, so
+  it is not computed; its gradient term is kept.
 
 Backward recomputes every feature tile; what is kept is q, k, v, the small states, the output and one
 or two fp32 numbers per query row (denominator; FAVOR+ also its row max), so the extra memory is
@@ -658,6 +659,16 @@ if HAVE_TRITON:
                     mask=inside[:, None], other=0.0)
         return bh, rows, inside, cols, q
 
+    @triton.jit
+    def _readout_store(OUT, DEN, acc, den, bh, rows, inside, cols, N):
+        """Every read-out forward's end: the denominator kept for the backward (4 bytes a row) and
+        ``out = acc / clamp(den)`` in the output's dtype."""
+        D: tl.constexpr = cols.shape[0]
+        tl.store(DEN + bh * N + rows, den, mask=inside)
+        out = acc / tl.maximum(den, _FLOOR)[:, None]
+        tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
+                 mask=inside[:, None])
+
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS)
     def _readout_fwd_kernel(
@@ -710,10 +721,7 @@ if HAVE_TRITON:
             acc = c * (acc + eps * tl.load(SCOL + bh * D + cols)[None, :])
             den = c * (den + eps * tl.load(ZSUM + bh))
             tl.store(MROW + bh * N + rows, m_row, mask=inside)
-        tl.store(DEN + bh * N + rows, den, mask=inside)  # for the backward (4 bytes a row)
-        out = acc / tl.maximum(den, _FLOOR)[:, None]
-        tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
-                 mask=inside[:, None])
+        _readout_store(OUT, DEN, acc, den, bh, rows, inside, cols, N)
 
     @_Tuned
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len"])
@@ -756,10 +764,7 @@ if HAVE_TRITON:
             acc = c * (_dot(p.to(q.dtype), s, IEEE) + eps * scol[None, :])
             den = c * (tl.sum(p * z[None, :], axis=1) + eps * zsum)
             tl.store(MROW + bh * N + rows, m_row, mask=inside)
-            tl.store(DEN + bh * N + rows, den, mask=inside)
-            out = acc / tl.maximum(den, _FLOOR)[:, None]
-            tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
-                     mask=inside[:, None])
+            _readout_store(OUT, DEN, acc, den, bh, rows, inside, cols, N)
 
     @triton.jit
     def _readout_row_grads(G, OUT, DEN, ROW_V, ROW_Z, io, bh, rows, inside, N):
@@ -987,10 +992,7 @@ if HAVE_TRITON:
             p, _, _ = _elu_cos_tile(q.to(tl.float32), rows, inside, TRIG, N, FEAT, BLOCK_N, D, FEAT == 2)
             acc = _dot(p.to(q.dtype), s, IEEE)
             den = tl.sum(p * z[None, :], axis=1)
-            tl.store(DEN + bh * N + rows, den, mask=inside)
-            out = acc / tl.maximum(den, _FLOOR)[:, None]
-            tl.store(OUT + bh * N * D + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty),
-                     mask=inside[:, None])
+            _readout_store(OUT, DEN, acc, den, bh, rows, inside, cols, N)
 
     @_TunedLoop
     @triton.jit(do_not_specialize=_LENGTHS + ["chunk_len", "num_chunks"])
