@@ -153,7 +153,7 @@ def negative_logits_error(device: str) -> float:
         qi, ki, vi = (x.detach().double() if impl == "torch" else x.detach() for x in (q, k, v))
         qi.requires_grad_()
         out = kernel(qi, ki, vi, mask)
-        outs[impl] = (out, torch.autograd.grad(out, qi, go.to(out.dtype))[0])
+        outs[impl] = (out.detach(), torch.autograd.grad(out, qi, go.to(out.dtype))[0])
     for a, b in zip(outs["triton"], outs["torch"], strict=True):
         errors.append(float((a.double() - b).abs().max() / b.abs().max()))
     return max(errors)

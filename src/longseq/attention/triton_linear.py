@@ -600,9 +600,7 @@ if HAVE_TRITON:
         cols = tl.arange(0, D)
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         inside = rows < N
-        ok = inside
-        if HAS_MASK:
-            ok = ok & (tl.load(_head_base(MASK, bh, H, stride_mb, 0) + rows, mask=inside, other=0) != 0)
+        ok = _real_rows(_head_base(MASK, bh, H, stride_mb, 0), rows, N, HAS_MASK)
         k = tl.load(_head_base(K, bh, H, stride_kb, stride_kh) + rows[:, None] * stride_kn + cols[None, :],
                     mask=ok[:, None], other=0.0)
         v = tl.load(_head_base(V, bh, H, stride_vb, stride_vh) + rows[:, None] * stride_vn + cols[None, :],
