@@ -116,7 +116,7 @@ def sharded_error(device: str) -> float:
     states = [tlin.fused_state(k[:, :, h], v[:, :, h], mask[:, h], count, spec, chunk_tokens=CHUNK) for h in halves]
     s2, z2 = states[0][0] + states[1][0], states[0][1] + states[1][1]
     got = torch.cat([tlin.fused_readout(q[:, :, h], s2, z2, spec, chunk_tokens=CHUNK) for h in halves], dim=2)
-    return float((got - expected).abs().max() / expected.abs().max())
+    return float((got - expected).detach().abs().max() / expected.detach().abs().max())
 
 
 def checkpointed_error(device: str) -> float:
