@@ -893,7 +893,8 @@ if HAVE_TRITON:
                                                                      N, cols, BLOCK_N)
             else:
                 g, rv, dden, neg_m = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0, stop, N, cols, BLOCK_N)
-            # −m as the logits' accumulator start; c·(core + eps) as one fused multiply-add per (feature, token)
+            # −m as the logits' accumulator start (with the z product: 142 registers at 8 warps for 185 with
+            # "dot − m", and no spill at 4 warps; sm_90a compile); c·(core + eps) as one fused multiply-add.
             pt = tl.exp2(_dot(w, tl.trans(q), IEEE) + neg_m[None, :]) * c + c * eps  # (BLOCK_M, BLOCK_N)
             dnum = (g.to(tl.float32) * rv[:, None]).to(q.dtype)
             zw = _hi_lo_cols(dden, q.dtype)
