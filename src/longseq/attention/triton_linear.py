@@ -883,14 +883,14 @@ if HAVE_TRITON:
         # 1.85 against 2.04 ms). The same prefetch of k and v in the FAVOR+ state forward measured slower
         # (2.54 against 2.17 ms) and is not used there.
         if PREFETCH:
-            g_nx, rv_nx, dden_nx, m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, start, stop, N, cols,
-                                                                 BLOCK_N)
+            g_nx, rv_nx, dden_nx, neg_m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, start, stop, N,
+                                                                     cols, BLOCK_N)
         for row0 in range(start, stop, BLOCK_N):
             q = _q_tile_load(q_base, row0, stop, stride_qn, cols, BLOCK_N)
             if PREFETCH:
-                g, rv, dden, neg_m = g_nx, rv_nx, dden_nx, m_nx
-                g_nx, rv_nx, dden_nx, m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0 + BLOCK_N, stop,
-                                                                     N, cols, BLOCK_N)
+                g, rv, dden, neg_m = g_nx, rv_nx, dden_nx, neg_m_nx
+                g_nx, rv_nx, dden_nx, neg_m_nx = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0 + BLOCK_N,
+                                                                         stop, N, cols, BLOCK_N)
             else:
                 g, rv, dden, neg_m = _favor_dstate_row_loads(G, ROW_V, ROW_Z, MROW, bh, row0, stop, N, cols, BLOCK_N)
             # −m as the logits' accumulator start (with the z product: 142 registers at 8 warps for 185 with
