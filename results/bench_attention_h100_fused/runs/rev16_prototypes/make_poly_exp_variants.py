@@ -1,5 +1,5 @@
 """Make variants of triton_linear.py with part of the FAVOR+ exponentials on the FMA pipe (polynomial)."""
-import re, sys
+import sys
 src = open("src/longseq/attention/triton_linear.py").read()
 helper = '''
     @triton.jit
