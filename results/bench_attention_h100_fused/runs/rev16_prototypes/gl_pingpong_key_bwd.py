@@ -115,6 +115,8 @@ def _consumer(ROLE: gl.constexpr, turn, w_s, ds_s,
         gl.store(DV + out, gl.convert_layout(dv.to(gl.bfloat16), ld), mask=(rows < N)[:, None])
 
 
+# One entry per group: gl.warp_specialize passes its arguments as run-time values, so the group's ROLE cannot
+# travel with them and is bound here instead (a constexpr in the argument tuple failed to compile).
 @gluon.jit
 def _consumer0(turn, w_s, ds_s, K, V, MASK, KMAX, DZ, DVS, DK, DV,
                stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
