@@ -2,7 +2,7 @@
 # Pack a pip Triton release small enough to travel to the lent GPU machine (64 MiB per call with the tree):
 # the cp312 wheel unpacked, without the AMD code generator, CUPTI, proton, the unused ptxas and the
 # instrumentation plugins, libtriton.so stripped of its debug information, then xz'd (Triton 3.9.0: 53 MB,
-# 3.7.1: 46 MB). On the device: mkdir -p /tmp/tX && tar xJf .tX.tar.xz -C /tmp/tX and put /tmp/tX first on
+# 3.7.1: 46 MB). On the device (ab_triton_release.sh does this): unpack it into a folder and put that folder first on
 # PYTHONPATH (the image's torch 2.11 then imports that Triton). usage: slim_triton.sh VERSION OUT.tar.xz
 set -euo pipefail
 ver=$1 out=$(realpath -m "$2") work=$(mktemp -d)
