@@ -1,0 +1,11 @@
+# Revision 21 device call 3: Nsight Compute on the tree's dS/dz kernel and the CUDA prototype (one launch each).
+[ -f results/bench_attention_h100_fused/runs/rev21_prototypes/favor_dstate.cubin ] || bash results/bench_attention_h100_fused/runs/rev21_prototypes/build_cubin.sh
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src; export TRITON_CACHE_DIR=$PWD/.triton_cache; export LONGSEQ_TRITON_TUNE=1
+which ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null
+NCU=$(which ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+timeout 400 $NCU --profile-from-start off --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+  --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats --metrics smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_tex_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,smsp__average_warps_issue_stalled_drain_per_issue_active.ratio,smsp__average_warps_issue_stalled_imc_miss_per_issue_active.ratio,smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio \
+  python3 results/bench_attention_h100_fused/runs/rev21_prototypes/ds_prof.py > $OUT/ncu_ds.txt 2>&1
+echo "rc $?"
+grep -E "==PROF==|favor|Duration|Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Active Warps Per|Achieved Occupancy|Registers Per|L2 Hit|Mem Busy|Max Bandwidth|DRAM Through|Stall|stall|Executed Ipc|stalled" $OUT/ncu_ds.txt | head -120
