@@ -1,6 +1,6 @@
 """Hand-written CUDA dS/dz reduction (favor_dstate.cu) against the tree's _favor_readout_bwd_dstate_kernel on the
 same recorded arguments: agreement with the tree and with an fp64 reference, bitwise rerun, then do_bench at 1M tokens."""
-import math, os, sys
+import os, sys
 import torch, triton
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, "src"); sys.path.insert(0, HERE)
@@ -98,27 +98,23 @@ def run(b, h, n, timing):
             print(msg + f" | rerun bitwise {same} | finite {bool(torch.isfinite(ds).all() and torch.isfinite(dz).all())}",
                   flush=True)
     if timing and os.environ.get("DIAG") == "1":
-        for rnd in range(2):
-            t = triton.testing.do_bench(lambda: tl_mod._favor_readout_bwd_dstate_kernel.orig[grid](*args, **kw),
-                                        warmup=20, rep=200)
-            print(f"  diag round {rnd} tree kernel (tuned, {chunks} chunks): {t:.3f} ms", flush=True)
-            for var in ("mt2", "mt2_noexp", "mt2_nods", "mt2b", "mt2b_noexp", "mt2b_nods"):
-                res = [f"{ch}:{triton.testing.do_bench(lambda: cuda_ds(var, args, ch), warmup=20, rep=200):.3f}"
-                       for ch in (33, 48)]
-                print(f"  diag round {rnd} cuda {var} (regs {kernels[var].regs}) ms by chunks: " + " ".join(res),
-                      flush=True)
+        time_rounds("diag ", grid, args, kw, chunks, ("mt2", "mt2_noexp", "mt2_nods", "mt2b", "mt2b_noexp", "mt2b_nods"),
+                    (33, 48))
     elif timing:
-        bh = b * h
-        for rnd in range(2):
-            t = triton.testing.do_bench(lambda: tl_mod._favor_readout_bwd_dstate_kernel.orig[grid](*args, **kw),
-                                        warmup=20, rep=200)
-            print(f"  round {rnd} tree kernel (tuned, {chunks} chunks): {t:.3f} ms", flush=True)
-            for var in VARIANTS:
-                res = []
-                for ch in (8, 12, 16, 17, 24, 25, 33, 48, 66):
-                    t = triton.testing.do_bench(lambda: cuda_ds(var, args, ch), warmup=20, rep=200)
-                    res.append(f"{ch}:{t:.3f}")
-                print(f"  round {rnd} cuda {var} (regs {kernels[var].regs}) ms by chunks: " + " ".join(res), flush=True)
+        time_rounds("", grid, args, kw, chunks, VARIANTS, (8, 12, 16, 17, 24, 25, 33, 48, 66))
+
+
+def time_rounds(label, grid, args, kw, chunks, names, chunk_counts):
+    """Two rounds of do_bench: the tree's tuned kernel, then each CUDA entry at each chunk count."""
+    for rnd in range(2):
+        t = triton.testing.do_bench(lambda: tl_mod._favor_readout_bwd_dstate_kernel.orig[grid](*args, **kw),
+                                    warmup=20, rep=200)
+        print(f"  {label}round {rnd} tree kernel (tuned, {chunks} chunks): {t:.3f} ms", flush=True)
+        for var in names:
+            res = [f"{ch}:{triton.testing.do_bench(lambda: cuda_ds(var, args, ch), warmup=20, rep=200):.3f}"
+                   for ch in chunk_counts]
+            print(f"  {label}round {rnd} cuda {var} (regs {kernels[var].regs}) ms by chunks: " + " ".join(res),
+                  flush=True)
 
 
 if __name__ == "__main__":
