@@ -13,6 +13,14 @@ Besides ``do_bench``'s GPU-side medians it prints ``events``, the whole forward 
 CUDA events from the host's side as ``scripts/bench_attention.py`` does (includes any time the GPU waits
 for the host), and ``host``, the CPU time to issue one forward + backward without synchronising.
 
+``--timeline REPS`` traces REPS forward + backward passes issued back to back and prints each pass's
+span, kernel-busy and idle time and each kernel's duration early and late in the run: whether time
+goes between kernels (host, synchronisation) or into them, and whether it drifts as the GPU heats up
+or reaches its power cap (log ``nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_event_reasons.active
+--format=csv -lms 20`` beside it)::
+
+    python scripts/profile_triton_linear.py --maps favor --timeline 200
+
 ``--profiler-range`` then runs one more forward + backward per feature map between
 ``cudaProfilerStart``/``Stop``, so that Nsight Compute sees only tuned, warm kernels (the autotuner's
 trial launches happen before)::
@@ -68,6 +76,9 @@ def main() -> None:
     p.add_argument("--maps", default="favor,elu,cos", help="comma-separated feature maps to time")
     p.add_argument("--host-breakdown", action="store_true", help="also time the host side of single calls")
     p.add_argument("--kernels", action="store_true", help="also list each GPU kernel's time (torch.profiler)")
+    p.add_argument("--timeline", type=int, default=0, metavar="REPS",
+                   help="also trace REPS back-to-back forward + backward passes (torch.profiler) and print each "
+                        "pass's span, kernel-busy time and gaps, and each kernel's duration over the run")
     p.add_argument("--profiler-range", action="store_true",
                    help="then run one forward + backward per map between cudaProfilerStart/Stop (for ncu)")
     args = p.parse_args()
@@ -92,6 +103,8 @@ def main() -> None:
             if args.kernels:
                 for kernel, ms in kernel_times(spec, q, k, v, g, count).items():
                     print(f"  {kernel:<48} {ms:8.3f} ms", flush=True)
+            if args.timeline:
+                print_timeline(name, timeline(spec, q, k, v, g, count, args.timeline))
         if args.profiler_range:
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaProfilerStart()
@@ -150,6 +163,75 @@ def kernel_times(spec, q, k, v, g, count, reps: int = 5) -> dict[str, float]:  #
         if device_us > 0:
             totals[event.key[:48]] = device_us / 1e3 / reps
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def timeline(spec, q, k, v, g, count, reps: int) -> list[list[tuple[str, float, float]]]:  # noqa: ANN001
+    """``reps`` forward + backward passes issued back to back (the GPU never waits for the host once the
+    first kernel runs) under torch.profiler: per pass, its GPU activities (kernels, memsets, copies) as
+    (name, start µs, duration µs) in start order. Read from the exported Chrome trace, whose records
+    are the profiler's raw per-launch timestamps."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    def full() -> None:
+        s, z = fused.fused_state(k, v, None, count, spec)
+        fused.fused_readout(q, s, z, spec).backward(g)
+        q.grad = k.grad = v.grad = None
+
+    full()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            full()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        trace = json.loads(Path(f.name).read_text())
+    return split_passes(trace["traceEvents"], reps)
+
+
+def split_passes(events: list[dict], reps: int) -> list[list[tuple[str, float, float]]]:
+    """The GPU activities (kernels, memsets, copies) among Chrome-trace ``events`` as (name, start µs,
+    duration µs) in start order, cut into ``reps`` passes of equal length (every pass issues the same
+    work); a one-line error when they do not divide evenly."""
+    gpu = sorted(
+        ((e["name"], float(e["ts"]), float(e["dur"])) for e in events
+         if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
+        key=lambda a: a[1],
+    )
+    if not gpu or len(gpu) % reps:
+        raise SystemExit(f"error: {len(gpu)} GPU activities in {reps} passes: passes differ, cannot split the trace")
+    per = len(gpu) // reps
+    return [gpu[i * per:(i + 1) * per] for i in range(reps)]
+
+
+def print_timeline(name: str, passes: list[list[tuple[str, float, float]]]) -> None:
+    """Span (first start to last end), busy (sum of durations) and idle time of each pass, the largest
+    idle gap, and each kernel's duration in the first and last fifth of the run (a drift there, with
+    the work unchanged, is the clock)."""
+    import statistics
+
+    spans, busys = [], []
+    for acts in passes:
+        span = acts[-1][1] + acts[-1][2] - acts[0][1]
+        busy = sum(a[2] for a in acts)
+        spans.append(span / 1e3)
+        busys.append(busy / 1e3)
+    gaps = [(b[1] - (a[1] + a[2]), a[0][:40], b[0][:40]) for acts in passes for a, b in zip(acts, acts[1:], strict=False)]
+    worst = max(gaps)
+    idle = statistics.median(s - b for s, b in zip(spans, busys, strict=True))
+    print(f"timeline {name}: {len(passes)} passes of {len(passes[0])} GPU activities; span median "
+          f"{statistics.median(spans):.3f} ms (min {min(spans):.3f}, max {max(spans):.3f}); busy median "
+          f"{statistics.median(busys):.3f} ms; idle median {idle:.3f} ms; "
+          f"largest gap {worst[0]:.1f} us ({worst[1]} -> {worst[2]})", flush=True)
+    fifth = max(1, len(passes) // 5)
+    for i, (kname, _, _) in enumerate(passes[0]):
+        first = statistics.median(p[i][2] for p in passes[:fifth]) / 1e3
+        last = statistics.median(p[i][2] for p in passes[-fifth:]) / 1e3
+        print(f"  {kname[:48]:<48} first {fifth}: {first:7.3f} ms   last {fifth}: {last:7.3f} ms", flush=True)
+    print("  per pass busy ms: " + " ".join(f"{b:.2f}" for b in busys), flush=True)
 
 
 def host_breakdown(spec, q, k, v, count, reps: int = 200) -> None:  # noqa: ANN001

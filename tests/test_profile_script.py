@@ -69,3 +69,45 @@ def test_ab_script_bad_arguments_are_clear_errors(tmp_path):
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad_map.returncode != 0
     assert bad_map.stderr.strip().splitlines()[-1] == "error: unknown feature map 'relu' in --maps: choose from favor, elu, cos"
+
+
+def _profile_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_triton_linear", ROOT / "scripts" / "profile_triton_linear.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kernel(name: str, ts: float, dur: float) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
+
+
+def test_timeline_splits_passes_and_measures_idle_time(capsys):
+    prof = _profile_module()
+    # Two passes of (a, memset, b), out of order, with a host op and a flow event that must be skipped.
+    events = [
+        _kernel("b", 1030.0, 60.0), _kernel("a", 1000.0, 20.0), {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 5},
+        {"ph": "X", "cat": "gpu_memset", "name": "Memset", "ts": 1022.0, "dur": 2.0}, {"ph": "f", "cat": "ac2g", "ts": 1},
+        _kernel("a", 2000.0, 25.0), {"ph": "X", "cat": "gpu_memset", "name": "Memset", "ts": 2025.0, "dur": 2.0},
+        _kernel("b", 2027.0, 61.0),
+    ]
+    passes = prof.split_passes(events, 2)
+    assert [[a[0] for a in p] for p in passes] == [["a", "Memset", "b"]] * 2
+    prof.print_timeline("favor", passes)
+    head = capsys.readouterr().out.splitlines()[0]
+    # pass 1: span 90 us, busy 82 us (gaps 2 + 6); pass 2: span 88 us, busy 88 us (no gap)
+    assert head == ("timeline favor: 2 passes of 3 GPU activities; span median 0.089 ms (min 0.088, max 0.090); "
+                    "busy median 0.085 ms; idle median 0.004 ms; largest gap 6.0 us (Memset -> b)")
+
+
+def test_timeline_rejects_passes_that_differ():
+    prof = _profile_module()
+    events = [_kernel("a", 0.0, 1.0), _kernel("b", 2.0, 1.0), _kernel("a", 4.0, 1.0)]
+    try:
+        prof.split_passes(events, 2)
+    except SystemExit as exc:
+        assert str(exc) == "error: 3 GPU activities in 2 passes: passes differ, cannot split the trace"
+    else:
+        raise AssertionError("uneven passes were split")
