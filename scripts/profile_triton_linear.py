@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -116,6 +117,31 @@ def main() -> None:
             q.grad = k.grad = v.grad = None
 
 
+def forward_backward(spec, q, k, v, g, count) -> Callable[[], None]:  # noqa: ANN001
+    """One fused forward + backward of ``spec`` (gradients dropped after, so passes do not accumulate)."""
+
+    def full() -> None:
+        s, z = fused.fused_state(k, v, None, count, spec)
+        fused.fused_readout(q, s, z, spec).backward(g)
+        q.grad = k.grad = v.grad = None
+
+    return full
+
+
+def profiled_passes(full: Callable[[], None], reps: int):  # noqa: ANN201
+    """torch.profiler (CUDA activities) over ``reps`` calls of ``full`` issued back to back, after one
+    untimed call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    full()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            full()
+        torch.cuda.synchronize()
+    return prof
+
+
 def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
     """Median milliseconds of each stage and of the whole forward + backward for one feature map."""
     from triton.testing import do_bench
@@ -124,12 +150,7 @@ def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
     s_leaf, z_leaf = s.detach().requires_grad_(), z.detach().requires_grad_()
     out = fused.fused_readout(q, s_leaf, z_leaf, spec)
     ds, dz = torch.randn_like(s), torch.randn_like(z)
-
-    def full() -> None:
-        s, z = fused.fused_state(k, v, None, count, spec)
-        fused.fused_readout(q, s, z, spec).backward(g)
-        q.grad = k.grad = v.grad = None
-
+    full = forward_backward(spec, q, k, v, g, count)
     return {
         "state fwd": do_bench(lambda: fused._StateFn.apply(k.detach(), v.detach(), None, spec, None, 0, count)),
         "readout fwd": do_bench(
@@ -144,19 +165,7 @@ def stage_times(spec, q, k, v, g, count) -> dict[str, float]:  # noqa: ANN001
 
 def kernel_times(spec, q, k, v, g, count, reps: int = 5) -> dict[str, float]:  # noqa: ANN001
     """Mean GPU milliseconds per forward + backward of each kernel that ran, from torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    def full() -> None:
-        s, z = fused.fused_state(k, v, None, count, spec)
-        fused.fused_readout(q, s, z, spec).backward(g)
-        q.grad = k.grad = v.grad = None
-
-    full()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            full()
-        torch.cuda.synchronize()
+    prof = profiled_passes(forward_backward(spec, q, k, v, g, count), reps)
     totals: dict[str, float] = {}
     for event in prof.key_averages():
         device_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
@@ -173,19 +182,7 @@ def timeline(spec, q, k, v, g, count, reps: int) -> list[list[tuple[str, float, 
     import json
     import tempfile
 
-    from torch.profiler import ProfilerActivity, profile
-
-    def full() -> None:
-        s, z = fused.fused_state(k, v, None, count, spec)
-        fused.fused_readout(q, s, z, spec).backward(g)
-        q.grad = k.grad = v.grad = None
-
-    full()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            full()
-        torch.cuda.synchronize()
+    prof = profiled_passes(forward_backward(spec, q, k, v, g, count), reps)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
         trace = json.loads(Path(f.name).read_text())
