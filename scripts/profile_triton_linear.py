@@ -110,11 +110,9 @@ def main() -> None:
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaProfilerStart()
             for name in maps:
-                s, z = fused.fused_state(k, v, None, count, specs[name])
-                fused.fused_readout(q, s, z, specs[name]).backward(g)
+                forward_backward(specs[name], q, k, v, g, count)()
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaProfilerStop()
-            q.grad = k.grad = v.grad = None
 
 
 def forward_backward(spec, q, k, v, g, count) -> Callable[[], None]:  # noqa: ANN001

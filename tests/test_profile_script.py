@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,9 +107,6 @@ def test_timeline_splits_passes_and_measures_idle_time(capsys):
 def test_timeline_rejects_passes_that_differ():
     prof = _profile_module()
     events = [_kernel("a", 0.0, 1.0), _kernel("b", 2.0, 1.0), _kernel("a", 4.0, 1.0)]
-    try:
+    with pytest.raises(SystemExit) as exc:
         prof.split_passes(events, 2)
-    except SystemExit as exc:
-        assert str(exc) == "error: 3 GPU activities in 2 passes: passes differ, cannot split the trace"
-    else:
-        raise AssertionError("uneven passes were split")
+    assert str(exc.value) == "error: 3 GPU activities in 2 passes: passes differ, cannot split the trace"
