@@ -84,6 +84,8 @@ def main() -> None:
                    help="then run one forward + backward per map between cudaProfilerStart/Stop (for ncu)")
     args = p.parse_args()
     maps = parse_maps(args.maps)
+    if args.timeline < 0:
+        raise SystemExit(f"error: --timeline {args.timeline}: give a number of passes to trace, 1 or more (0: no timeline)")
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (the interpreter is for correctness tests, not timings)")
 

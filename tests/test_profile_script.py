@@ -104,6 +104,16 @@ def test_timeline_splits_passes_and_measures_idle_time(capsys):
                     "busy median 0.085 ms; idle median 0.004 ms; largest gap 6.0 us (Memset -> b)")
 
 
+def test_negative_timeline_is_a_clear_error():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "profile_triton_linear.py"), "--timeline", "-3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --timeline -3: give a number of passes to trace, 1 or more (0: no timeline)")
+
+
 def test_timeline_rejects_passes_that_differ():
     prof = _profile_module()
     events = [_kernel("a", 0.0, 1.0), _kernel("b", 2.0, 1.0), _kernel("a", 4.0, 1.0)]
