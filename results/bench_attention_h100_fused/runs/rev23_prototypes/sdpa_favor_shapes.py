@@ -113,30 +113,29 @@ def main() -> None:
 
     # 2. The pass: state shape then read-out shape (forward + backward; and forward only), at each backend's
     #    best chunking, alternating with the Triton FAVOR+ pass, back to back for --long-s each.
-    sys.path.insert(0, str(Path.cwd() / "src"))
-    from longseq.attention import triton_linear as fused
-    from longseq.attention.linear_core import real_token_count
-    from longseq.attention.performer import PerformerAttention
+    # The Triton pass as scripts/profile_triton_linear.py times it (that script puts src/ on the path).
+    sys.path.insert(0, str(Path.cwd() / "scripts"))
+    from profile_triton_linear import (
+        PerformerAttention,
+        feature_specs,
+        forward_backward,
+        fused,
+        real_token_count,
+    )
 
     shape = (1, heads, n, dim)
     q, k, v, g = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     for x in (q, k, v):
         x.requires_grad_(True)
-    spec = fused.FeatureSpec("favor", projection=PerformerAttention(dim, n, num_features=m).projection.cuda(),
-                             eps=1e-6)
+    spec = feature_specs(fused, PerformerAttention(dim, n, num_features=m).projection.cuda(), n)["favor"]
     count = real_token_count(None, n, torch.float32)
-
-    def triton_fwdbwd() -> None:
-        s, z = fused.fused_state(k, v, None, count, spec)
-        fused.fused_readout(q, s, z, spec).backward(g)
-        q.grad = k.grad = v.grad = None
 
     def triton_fwd() -> None:
         with torch.no_grad():
             s, z = fused.fused_state(k, v, None, count, spec)
             fused.fused_readout(q, s, z, spec)
 
-    passes = {"triton favor+": (triton_fwdbwd, triton_fwd)}
+    passes = {"triton favor+": (forward_backward(spec, q, k, v, g, count), 13.5, triton_fwd)}
     for backend, sdp in BACKENDS.items():
         if (backend, "state") not in best or (backend, "readout") not in best:
             continue
@@ -154,15 +153,13 @@ def main() -> None:
                     b()
             return run
 
-        passes[f"{backend} (state C={cs}, read-out C={cr})"] = (pair(st_fb, ro_fb), pair(st_f, ro_f))
+        passes[f"{backend} (state C={cs}, read-out C={cr})"] = (pair(st_fb, ro_fb), 14.0, pair(st_f, ro_f))
 
     for rnd in range(2):
-        for name, (fb, fwd) in passes.items():
-            for mode, fn, products in (("fwd+bwd", fb, 14.0), ("fwd", fwd, 4.0)):
+        for name, (fb, fb_products, fwd) in passes.items():
+            for mode, fn, products in (("fwd+bwd", fb, fb_products), ("fwd", fwd, 4.0)):
                 time.sleep(2.0)  # the same start for each: the clock recovers between runs
                 row = summary(timed_reps(fn, args.long_s))
-                if name.startswith("triton"):
-                    products = 13.5 if mode == "fwd+bwd" else 4.0
                 row.update(round=rnd, name=name, mode=mode, products=products,
                            tflops_last_half=products * PRODUCT / (row["last_half_ms"] * 1e-3) / 1e12)
                 res["long"].append(row)
